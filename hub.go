@@ -1,0 +1,429 @@
+package reversehttp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Errors a request can meet while it waits in a pool. The handler maps them
+// to status codes (see errorStatus).
+var (
+	errQueueFull    = errors.New("queue is full")
+	errQueueTimeout = errors.New("no worker became free within the queue timeout")
+	errPoolClosed   = errors.New("pool is shutting down")
+)
+
+// Pool is the run-time state of one named pool: the FIFO queue of requests
+// waiting for a worker and the set of idle worker connections. Pools live in
+// the package-level usage pool, so both survive config reloads.
+//
+// Invariant: a pool never holds idle connections and waiting requests at the
+// same time; whichever arrives second is matched with the oldest of the other.
+type Pool struct {
+	name string
+
+	mu           sync.Mutex
+	idle         connList   // oldest idle connection first
+	waiting      waiterList // oldest waiting request first
+	conns        map[*workerConn]struct{}
+	busy         int
+	maxQueue     int
+	queueTimeout time.Duration
+	respTimeout  time.Duration
+	draining     bool // no new requests; set on shutdown or removal
+	logger       *zap.Logger
+}
+
+func newPool(name string) *Pool {
+	return &Pool{
+		name:   name,
+		conns:  make(map[*workerConn]struct{}),
+		logger: zap.NewNop(),
+	}
+}
+
+// configure applies limits from a (re)loaded config to the live pool.
+func (p *Pool) configure(maxQueue int, queueTimeout, respTimeout time.Duration, logger *zap.Logger) {
+	p.mu.Lock()
+	p.maxQueue = maxQueue
+	p.queueTimeout = queueTimeout
+	p.respTimeout = respTimeout
+	p.draining = false
+	p.logger = logger
+	p.mu.Unlock()
+}
+
+// PoolStats is a snapshot of a pool's counters.
+type PoolStats struct {
+	Idle    int // idle worker connections
+	Busy    int // worker connections running a job
+	Waiting int // requests waiting for a worker
+}
+
+// Stats returns a snapshot of the pool's counters.
+func (p *Pool) Stats() PoolStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return PoolStats{Idle: p.idle.n, Busy: p.busy, Waiting: p.waiting.n}
+}
+
+// acquire returns an idle worker connection, waiting in the queue for one
+// until the deadline. A request the pool already tried (a worker declined it
+// or its connection was found closed) waits at the head of the queue: it is
+// still the oldest request.
+func (p *Pool) acquire(ctx context.Context, deadline time.Time, head bool) (*workerConn, error) {
+	p.mu.Lock()
+	if p.draining {
+		p.mu.Unlock()
+		return nil, errPoolClosed
+	}
+	if c := p.idle.popFront(); c != nil {
+		p.markBusy(c)
+		p.mu.Unlock()
+		return c, nil
+	}
+	if !head && p.maxQueue > 0 && p.waiting.n >= p.maxQueue {
+		p.mu.Unlock()
+		return nil, errQueueFull
+	}
+	w := &waiter{ch: make(chan *workerConn, 1)}
+	if head {
+		p.waiting.pushFront(w)
+	} else {
+		p.waiting.pushBack(w)
+	}
+	p.mu.Unlock()
+
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	var err error
+	select {
+	case c := <-w.ch:
+		if c == nil {
+			return nil, errPoolClosed
+		}
+		return c, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-timer.C:
+		err = errQueueTimeout
+	}
+
+	p.mu.Lock()
+	if w.queued {
+		p.waiting.remove(w)
+		p.mu.Unlock()
+		return nil, err
+	}
+	p.mu.Unlock()
+	// A connection was handed over while we gave up.
+	c := <-w.ch
+	if c == nil {
+		return nil, errPoolClosed
+	}
+	if ctx.Err() != nil {
+		// Nothing was written to it: it goes to the next request.
+		p.put(c)
+		return nil, ctx.Err()
+	}
+	return c, nil
+}
+
+func (p *Pool) markBusy(c *workerConn) {
+	c.state = connBusy
+	p.busy++
+}
+
+// put makes c available: it goes to the oldest waiting request, or joins
+// the idle set when nobody waits.
+func (p *Pool) put(c *workerConn) {
+	p.mu.Lock()
+	if c.state == connBusy {
+		p.busy--
+	}
+	if p.draining {
+		p.forget(c)
+		p.mu.Unlock()
+		c.close()
+		return
+	}
+	if w := p.waiting.popFront(); w != nil {
+		p.markBusy(c)
+		w.ch <- c
+	} else {
+		c.state = connIdle
+		p.idle.pushBack(c)
+	}
+	p.mu.Unlock()
+}
+
+// add takes a freshly handshaken worker connection into the pool and starts
+// watching it.
+func (p *Pool) add(conn net.Conn, br *bufio.Reader, worker string) {
+	c := &workerConn{
+		pool:     p,
+		conn:     conn,
+		br:       br,
+		bw:       bufio.NewWriterSize(conn, 4096),
+		worker:   worker,
+		readable: make(chan error, 1),
+		resume:   make(chan bool, 1),
+	}
+	p.mu.Lock()
+	if p.draining {
+		p.mu.Unlock()
+		conn.Close()
+		return
+	}
+	p.conns[c] = struct{}{}
+	c.state = connBusy // put moves it to idle or hands it out
+	p.busy++
+	p.mu.Unlock()
+	go c.watch()
+	p.put(c)
+}
+
+// release ends a job on c. A connection whose response completed cleanly
+// and that did not ask to close carries the next job.
+func (p *Pool) release(c *workerConn, reuse bool) {
+	if reuse {
+		p.put(c)
+		c.resume <- true
+		return
+	}
+	p.mu.Lock()
+	if c.state == connBusy {
+		p.busy--
+	}
+	p.forget(c)
+	p.mu.Unlock()
+	c.close()
+	select {
+	case c.resume <- false:
+	default:
+	}
+}
+
+// forget removes c from the pool's books; p.mu must be held.
+func (p *Pool) forget(c *workerConn) {
+	if c.state == connIdle {
+		p.idle.remove(c)
+	}
+	c.state = connClosed
+	delete(p.conns, c)
+}
+
+// dropIdle is called by c's watcher when the connection becomes readable
+// or fails. On an idle connection that means the worker hung up (or broke
+// the protocol by talking out of turn): the connection leaves the pool at
+// once. It reports whether it dropped c.
+func (p *Pool) dropIdle(c *workerConn, err error) bool {
+	p.mu.Lock()
+	if c.state != connIdle {
+		p.mu.Unlock()
+		return false
+	}
+	p.forget(c)
+	logger := p.logger
+	p.mu.Unlock()
+	c.close()
+	if err == nil {
+		logger.Warn("worker sent data on an idle connection; closed it",
+			zap.String("pool", p.name), zap.String("remote", c.remote()), zap.String("worker", c.worker))
+	} else {
+		logger.Debug("idle worker connection closed",
+			zap.String("pool", p.name), zap.String("remote", c.remote()), zap.String("worker", c.worker), zap.Error(err))
+	}
+	return true
+}
+
+// drain stops the pool taking requests: waiting requests get errPoolClosed
+// and idle connections are closed. Running jobs go on.
+func (p *Pool) drain() {
+	p.mu.Lock()
+	p.draining = true
+	for w := p.waiting.popFront(); w != nil; w = p.waiting.popFront() {
+		w.ch <- nil
+	}
+	var idle []*workerConn
+	for c := p.idle.popFront(); c != nil; c = p.idle.popFront() {
+		c.state = connClosed
+		delete(p.conns, c)
+		idle = append(idle, c)
+	}
+	p.mu.Unlock()
+	for _, c := range idle {
+		c.close()
+	}
+}
+
+// Destruct tears the pool down when no config uses it any more: it drains
+// the pool and closes every worker connection, running jobs included.
+func (p *Pool) Destruct() error {
+	p.drain()
+	p.mu.Lock()
+	all := make([]*workerConn, 0, len(p.conns))
+	for c := range p.conns {
+		all = append(all, c)
+	}
+	p.mu.Unlock()
+	for _, c := range all {
+		c.close()
+	}
+	return nil
+}
+
+type connState uint8
+
+const (
+	connBusy connState = iota
+	connIdle
+	connClosed
+)
+
+// workerConn is one connection a worker holds to a pool: one slot.
+type workerConn struct {
+	pool   *Pool
+	conn   net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	worker string // name the worker gave in its handshake
+
+	// Guarded by pool.mu.
+	state      connState
+	prev, next *workerConn
+
+	// The watcher tells the job holding the connection that a response
+	// begins (nil) or that the connection failed; the job tells the
+	// watcher whether to keep watching once it has read its response.
+	readable chan error
+	resume   chan bool
+
+	closeOnce sync.Once
+}
+
+func (c *workerConn) remote() string { return c.conn.RemoteAddr().String() }
+
+func (c *workerConn) close() {
+	c.closeOnce.Do(func() { c.conn.Close() })
+}
+
+// watch waits for the connection to become readable, so that a worker that
+// hangs up while idle leaves the pool at once, and so that a job learns
+// whether any byte of a response arrived before the connection failed.
+func (c *workerConn) watch() {
+	for {
+		_, err := c.br.Peek(1)
+		if c.pool.dropIdle(c, err) {
+			return
+		}
+		c.readable <- err
+		if err != nil || !<-c.resume {
+			return
+		}
+	}
+}
+
+// connList is an intrusive FIFO of connections; p.mu guards it.
+type connList struct {
+	head, tail *workerConn
+	n          int
+}
+
+func (l *connList) pushBack(c *workerConn) {
+	c.prev, c.next = l.tail, nil
+	if l.tail != nil {
+		l.tail.next = c
+	} else {
+		l.head = c
+	}
+	l.tail = c
+	l.n++
+}
+
+func (l *connList) popFront() *workerConn {
+	c := l.head
+	if c != nil {
+		l.remove(c)
+	}
+	return c
+}
+
+func (l *connList) remove(c *workerConn) {
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		l.head = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	} else {
+		l.tail = c.prev
+	}
+	c.prev, c.next = nil, nil
+	l.n--
+}
+
+// waiter is a request waiting for a connection.
+type waiter struct {
+	ch         chan *workerConn // receives the connection, or nil on drain
+	prev, next *waiter
+	queued     bool
+}
+
+// waiterList is an intrusive FIFO of waiting requests; p.mu guards it.
+type waiterList struct {
+	head, tail *waiter
+	n          int
+}
+
+func (l *waiterList) pushBack(w *waiter) {
+	w.prev, w.next, w.queued = l.tail, nil, true
+	if l.tail != nil {
+		l.tail.next = w
+	} else {
+		l.head = w
+	}
+	l.tail = w
+	l.n++
+}
+
+func (l *waiterList) pushFront(w *waiter) {
+	w.prev, w.next, w.queued = nil, l.head, true
+	if l.head != nil {
+		l.head.prev = w
+	} else {
+		l.tail = w
+	}
+	l.head = w
+	l.n++
+}
+
+func (l *waiterList) popFront() *waiter {
+	w := l.head
+	if w != nil {
+		l.remove(w)
+	}
+	return w
+}
+
+func (l *waiterList) remove(w *waiter) {
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		l.head = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	} else {
+		l.tail = w.prev
+	}
+	w.prev, w.next, w.queued = nil, nil, false
+	l.n--
+}

@@ -1,0 +1,297 @@
+package reversehttp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DeclinedHeader marks a worker's 503 as "declined before starting": the hub
+// puts the request back at the head of the queue.
+const DeclinedHeader = "Reverse-Http-Declined"
+
+var (
+	errResponseTimeout = errors.New("worker did not answer within the response timeout")
+	// errReplay means the worker never started the job; it may run elsewhere.
+	errReplay = errors.New("worker never started the job")
+)
+
+// jobCtxKey carries a request's *job from the handler into the transport.
+type jobCtxKey struct{}
+
+// job is what the handler and the transport share about one request.
+type job struct {
+	pool         *Pool
+	queueTimeout time.Duration
+	err          error // the error that ended the request before a response, if any
+}
+
+// transport is the http.RoundTripper behind the handler's ReverseProxy: it
+// takes a worker connection from the request's pool and runs the exchange on
+// it, retrying on another connection where the worker never started the job.
+type transport struct{}
+
+func (transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	j := ctx.Value(jobCtxKey{}).(*job)
+	if req.Body != nil && req.ContentLength != 0 {
+		// The body is sent only once a worker has taken the job, so that a
+		// connection that turns out to be closed costs nothing and the body
+		// can still go to another worker.
+		req.Header.Set("Expect", "100-continue")
+	} else {
+		req.Header.Del("Expect")
+	}
+	deadline := time.Now().Add(j.queueTimeout)
+	head := false
+	for {
+		c, err := j.pool.acquire(ctx, deadline, head)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.roundTrip(req)
+		if err != errReplay {
+			return resp, err
+		}
+		head = true
+	}
+}
+
+// roundTrip writes req on c and reads the response head. On any outcome c is
+// either handed to the returned response's body or released.
+func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
+	p := c.pool
+	ctx := req.Context()
+
+	var g *bodyGate
+	var wrote chan error
+	if req.Body != nil && req.ContentLength != 0 {
+		g = &bodyGate{body: req.Body, opened: make(chan struct{}), aborted: make(chan struct{})}
+		out := *req
+		out.Body = g
+		wrote = make(chan error, 1)
+		go func() {
+			err := out.Write(c.bw)
+			if err == nil {
+				err = c.bw.Flush()
+			}
+			wrote <- err
+		}()
+	} else {
+		err := req.Write(c.bw)
+		if err == nil {
+			err = c.bw.Flush()
+		}
+		if err != nil {
+			// The worker is gone; whether it left before or after reading
+			// the request, it answered nothing: the watcher tells below.
+			c.close()
+		}
+	}
+
+	// A consumer that goes away closes the worker connection: the one
+	// cancellation signal every worker, POTHEAD's included, understands.
+	stop := context.AfterFunc(ctx, c.close)
+	var timedOut atomic.Bool
+	var timer *time.Timer
+	p.mu.Lock()
+	respTimeout := p.respTimeout
+	p.mu.Unlock()
+	if respTimeout > 0 {
+		timer = time.AfterFunc(respTimeout, func() {
+			timedOut.Store(true)
+			c.close()
+		})
+	}
+	fail := func(err error) (*http.Response, error) {
+		stop()
+		if timer != nil {
+			timer.Stop()
+		}
+		if g != nil {
+			g.abort()
+		}
+		p.release(c, false)
+		if timedOut.Load() {
+			return nil, errResponseTimeout
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+
+	first := true
+	for {
+		if err := <-c.readable; err != nil {
+			if first && ctx.Err() == nil && !timedOut.Load() && replayable(req, g) {
+				if g != nil {
+					g.abort()
+					<-wrote // nobody else may read the body while this writer might
+				}
+				stop()
+				if timer != nil {
+					timer.Stop()
+				}
+				p.release(c, false)
+				return nil, errReplay
+			}
+			return fail(fmt.Errorf("worker connection closed before a response: %w", err))
+		}
+		first = false
+		resp, err := http.ReadResponse(c.br, req)
+		if err != nil {
+			return fail(fmt.Errorf("reading worker response: %w", err))
+		}
+		if resp.StatusCode == http.StatusContinue {
+			if g != nil {
+				g.open()
+			}
+			c.resume <- true
+			continue
+		}
+		if resp.StatusCode > 101 && resp.StatusCode < 200 {
+			if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
+				if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+					return fail(err)
+				}
+			}
+			c.resume <- true
+			continue
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return fail(errors.New("worker switched protocols for a request that did not ask for it"))
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(DeclinedHeader) != "" {
+			if g == nil || !g.isOpen() {
+				if g != nil {
+					g.abort()
+					<-wrote
+				}
+				stop()
+				if timer != nil {
+					timer.Stop()
+				}
+				p.release(c, false)
+				return nil, errReplay
+			}
+			return fail(errors.New("worker declined the job after reading its body"))
+		}
+		resp.Body = &jobBody{c: c, body: resp.Body, resp: resp, gate: g, wrote: wrote, stop: stop, timer: timer}
+		return resp, nil
+	}
+}
+
+// replayable reports whether a request whose connection failed before any
+// response byte can go to another worker without running the job twice:
+// its body never left the hub, or it has none and is idempotent.
+func replayable(req *http.Request, g *bodyGate) bool {
+	if g != nil {
+		return !g.isOpen()
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return req.Header.Get("Idempotency-Key") != "" || req.Header.Get("X-Idempotency-Key") != ""
+}
+
+// jobBody is a worker's response body; its end decides whether the
+// connection carries another job.
+type jobBody struct {
+	c     *workerConn
+	body  io.ReadCloser
+	resp  *http.Response
+	gate  *bodyGate
+	wrote chan error
+	stop  func() bool
+	timer *time.Timer
+	once  sync.Once
+}
+
+func (b *jobBody) Read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	if err != nil {
+		b.finish(err == io.EOF)
+	}
+	return n, err
+}
+
+func (b *jobBody) Close() error {
+	b.finish(false)
+	return nil
+}
+
+func (b *jobBody) finish(complete bool) {
+	b.once.Do(func() {
+		reuse := complete && !b.resp.Close
+		if !b.stop() {
+			reuse = false // the consumer went away and closed the connection
+		}
+		if b.timer != nil && !b.timer.Stop() {
+			reuse = false
+		}
+		if b.gate != nil {
+			if !b.gate.isOpen() {
+				// The worker answered without taking the body.
+				b.gate.abort()
+				reuse = false
+			}
+			select {
+			case err := <-b.wrote:
+				reuse = reuse && err == nil
+			default:
+				// Still uploading although the response is complete.
+				reuse = false
+			}
+		}
+		b.c.pool.release(b.c, reuse)
+	})
+}
+
+// bodyGate holds a request body back until the worker sends 100 Continue.
+type bodyGate struct {
+	body      io.Reader
+	opened    chan struct{}
+	aborted   chan struct{}
+	openOnce  sync.Once
+	abortOnce sync.Once
+	isOpened  atomic.Bool
+}
+
+var errGateAborted = errors.New("request body not wanted")
+
+func (g *bodyGate) open() {
+	g.openOnce.Do(func() {
+		g.isOpened.Store(true)
+		close(g.opened)
+	})
+}
+
+func (g *bodyGate) abort() { g.abortOnce.Do(func() { close(g.aborted) }) }
+
+func (g *bodyGate) isOpen() bool { return g.isOpened.Load() }
+
+func (g *bodyGate) Read(p []byte) (int, error) {
+	select {
+	case <-g.opened:
+	case <-g.aborted:
+		return 0, errGateAborted
+	}
+	select {
+	case <-g.aborted:
+		return 0, errGateAborted
+	default:
+	}
+	return g.body.Read(p)
+}
+
+// Close leaves the consumer's body open: it may still go to another worker.
+func (g *bodyGate) Close() error { return nil }
