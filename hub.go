@@ -194,7 +194,7 @@ func (p *Pool) add(conn net.Conn, br *bufio.Reader, worker string) {
 func (p *Pool) release(c *workerConn, reuse bool) {
 	if reuse {
 		p.put(c)
-		c.resume <- true
+		c.wake()
 		return
 	}
 	p.mu.Lock()
@@ -306,6 +306,15 @@ type workerConn struct {
 	resume   chan bool
 
 	closeOnce sync.Once
+}
+
+// wake lets the watcher look for the next response once a job has read its
+// response head (or a 1xx) from the connection.
+func (c *workerConn) wake() {
+	select {
+	case c.resume <- true:
+	default:
+	}
 }
 
 func (c *workerConn) remote() string { return c.conn.RemoteAddr().String() }

@@ -154,7 +154,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 			if g != nil {
 				g.open()
 			}
-			c.resume <- true
+			c.wake()
 			continue
 		}
 		if resp.StatusCode > 101 && resp.StatusCode < 200 {
@@ -163,7 +163,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 					return fail(err)
 				}
 			}
-			c.resume <- true
+			c.wake()
 			continue
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {

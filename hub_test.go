@@ -1,0 +1,275 @@
+package reversehttp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// workerSide connects a loopback connection to p as a worker would and
+// returns the worker's end.
+func workerSide(t *testing.T, p *Pool) net.Conn {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close(); h.Close() })
+	p.add(h, bufio.NewReader(h), "test")
+	return w
+}
+
+func testPool(maxQueue int) *Pool {
+	p := newPool("test")
+	p.configure(maxQueue, time.Minute, 0, zap.NewNop())
+	return p
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func far() time.Time { return time.Now().Add(time.Minute) }
+
+func TestPoolFIFO(t *testing.T) {
+	p := testPool(100)
+	const n = 5
+	order := make(chan int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := p.acquire(context.Background(), far(), false)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- i
+			p.put(c)
+		}()
+		eventually(t, "request to queue", func() bool { return p.Stats().Waiting == i+1 })
+	}
+	workerSide(t, p) // one connection serves them all, oldest first
+	wg.Wait()
+	close(order)
+	want := 0
+	for got := range order {
+		if got != want {
+			t.Fatalf("request %d got the connection in turn %d", got, want)
+		}
+		want++
+	}
+	if s := p.Stats(); s.Idle != 1 || s.Busy != 0 || s.Waiting != 0 {
+		t.Fatalf("after the jobs the connection should be idle: %+v", s)
+	}
+}
+
+func TestPoolIdleConnectionServesAtOnce(t *testing.T) {
+	p := testPool(100)
+	workerSide(t, p)
+	eventually(t, "idle connection", func() bool { return p.Stats().Idle == 1 })
+	c, err := p.acquire(context.Background(), far(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := p.Stats(); s.Busy != 1 || s.Idle != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	p.release(c, false)
+	if s := p.Stats(); s.Busy != 0 || s.Idle != 0 {
+		t.Fatalf("a released, closed connection must leave the pool: %+v", s)
+	}
+}
+
+func TestPoolMaxQueue(t *testing.T) {
+	p := testPool(2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for range 2 {
+		go p.acquire(ctx, far(), false)
+	}
+	eventually(t, "two queued", func() bool { return p.Stats().Waiting == 2 })
+	if _, err := p.acquire(ctx, far(), false); !errors.Is(err, errQueueFull) {
+		t.Fatalf("third request: got %v, want errQueueFull", err)
+	}
+	// A request that a worker declined keeps its place even in a full queue.
+	go p.acquire(ctx, far(), true)
+	eventually(t, "requeued request", func() bool { return p.Stats().Waiting == 3 })
+}
+
+func TestPoolQueueTimeout(t *testing.T) {
+	p := testPool(10)
+	start := time.Now()
+	_, err := p.acquire(context.Background(), time.Now().Add(50*time.Millisecond), false)
+	if !errors.Is(err, errQueueTimeout) {
+		t.Fatalf("got %v, want errQueueTimeout", err)
+	}
+	if time.Since(start) < 50*time.Millisecond {
+		t.Fatal("gave up before the deadline")
+	}
+	if p.Stats().Waiting != 0 {
+		t.Fatal("timed-out request still queued")
+	}
+}
+
+func TestPoolCancelWhileQueued(t *testing.T) {
+	p := testPool(10)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.acquire(ctx, far(), false)
+		errc <- err
+	}()
+	eventually(t, "queued", func() bool { return p.Stats().Waiting == 1 })
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v", err)
+	}
+	if p.Stats().Waiting != 0 {
+		t.Fatal("cancelled request still queued")
+	}
+	// The next connection is not dispatched to the cancelled request.
+	workerSide(t, p)
+	eventually(t, "idle connection", func() bool { return p.Stats().Idle == 1 })
+}
+
+func TestPoolRequeueGoesFirst(t *testing.T) {
+	p := testPool(10)
+	got := make(chan string, 2)
+	for _, who := range []struct {
+		name string
+		head bool
+	}{{"old", false}, {"declined", true}} {
+		go func() {
+			c, err := p.acquire(context.Background(), far(), who.head)
+			if err == nil {
+				got <- who.name
+				p.put(c)
+			}
+		}()
+		want := 1
+		if who.head {
+			want = 2
+		}
+		eventually(t, "queued", func() bool { return p.Stats().Waiting == want })
+	}
+	workerSide(t, p)
+	if first := <-got; first != "declined" {
+		t.Fatalf("%s went first; a requeued request must go to the head", first)
+	}
+	<-got
+}
+
+func TestPoolIdleHangupLeavesPool(t *testing.T) {
+	p := testPool(10)
+	w := workerSide(t, p)
+	workerSide(t, p)
+	eventually(t, "two idle", func() bool { return p.Stats().Idle == 2 })
+	w.Close()
+	eventually(t, "hung-up connection to leave", func() bool { return p.Stats().Idle == 1 })
+}
+
+func TestPoolIdleChatterLeavesPool(t *testing.T) {
+	p := testPool(10)
+	w := workerSide(t, p)
+	eventually(t, "idle", func() bool { return p.Stats().Idle == 1 })
+	w.Write([]byte("HTTP/1.1 200 OK\r\n\r\n")) // out of turn
+	eventually(t, "misbehaving connection to leave", func() bool { return p.Stats().Idle == 0 })
+	buf := make([]byte, 1)
+	w.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := w.Read(buf); err == nil {
+		t.Fatal("the hub should have closed the connection")
+	}
+}
+
+// TestPoolNeverOverbooks runs many concurrent requests over three
+// connections and checks that no connection ever carries two jobs and no
+// more than three run at once.
+func TestPoolNeverOverbooks(t *testing.T) {
+	p := testPool(1000)
+	for range 3 {
+		workerSide(t, p)
+	}
+	var running, peak atomic.Int32
+	inUse := sync.Map{}
+	var wg sync.WaitGroup
+	for range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := p.acquire(context.Background(), far(), false)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if _, dup := inUse.LoadOrStore(c, true); dup {
+				t.Error("connection handed to two requests at once")
+			}
+			n := running.Add(1)
+			for {
+				old := peak.Load()
+				if n <= old || peak.CompareAndSwap(old, n) {
+					break
+				}
+			}
+			time.Sleep(100 * time.Microsecond)
+			running.Add(-1)
+			inUse.Delete(c)
+			p.put(c)
+		}()
+	}
+	wg.Wait()
+	if peak.Load() > 3 {
+		t.Fatalf("%d jobs ran at once over 3 connections", peak.Load())
+	}
+	if s := p.Stats(); s.Idle != 3 || s.Busy != 0 {
+		t.Fatalf("stats after the run: %+v", s)
+	}
+}
+
+func TestPoolDrain(t *testing.T) {
+	p := testPool(10)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.acquire(context.Background(), far(), false)
+		errc <- err
+	}()
+	eventually(t, "queued", func() bool { return p.Stats().Waiting == 1 })
+	p.drain()
+	if err := <-errc; !errors.Is(err, errPoolClosed) {
+		t.Fatalf("queued request got %v, want errPoolClosed", err)
+	}
+	if _, err := p.acquire(context.Background(), far(), false); !errors.Is(err, errPoolClosed) {
+		t.Fatalf("new request got %v, want errPoolClosed", err)
+	}
+	w := workerSide(t, p) // a worker arriving now is turned away
+	w.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := w.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a draining pool should close new worker connections")
+	}
+}

@@ -1,0 +1,193 @@
+// Command reverse-http-worker dials in to a reverse HTTP hub and forwards
+// the jobs the hub sends it to an upstream HTTP server.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/reversehttp/reverse_http/worker"
+)
+
+const progName = "reverse-http-worker"
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stderr))
+}
+
+// options are the parsed command line.
+type options struct {
+	hub, pool, upstream, token, name, protocol string
+	slots                                      int
+	useTLS                                     bool
+	ca, cert, key, serverName                  string
+	drainTimeout                               time.Duration
+	logLevel                                   slog.Level
+}
+
+// errUsage marks errors for which usage has already been reported.
+var errUsage = errors.New("usage")
+
+// parseFlags parses args. It returns flag.ErrHelp for --help.
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	var o options
+	fs := flag.NewFlagSet(progName, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.hub, "hub", "", "`HOST:PORT` of the hub's worker listener (required)")
+	fs.StringVar(&o.pool, "pool", "", "`NAME` of the pool to join (required with --protocol ptth)")
+	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080 (required)")
+	fs.IntVar(&o.slots, "slots", 1, "`N` connections to hold, i.e. jobs run at once")
+	fs.StringVar(&o.token, "token", "", "bearer `TOKEN` for the handshake (default $REVERSE_HTTP_TOKEN)")
+	fs.StringVar(&o.name, "name", "", "worker `NAME` sent to the hub (default the host name)")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", worker.DefaultDrainTimeout, "how long running jobs may take to finish on SIGTERM/SIGINT")
+	fs.StringVar(&o.protocol, "protocol", worker.ProtocolPTTH, "`PROTOCOL`: ptth (upgrade handshake naming the pool) or pothead (bare: dial and wait for requests)")
+	fs.BoolVar(&o.useTLS, "tls", false, "connect to the hub with TLS")
+	fs.StringVar(&o.ca, "ca", "", "PEM `FILE` of CA certificates to trust for the hub (default the system roots; needs --tls)")
+	fs.StringVar(&o.cert, "cert", "", "PEM `FILE` with a client certificate for mutual TLS (needs --key and --tls)")
+	fs.StringVar(&o.key, "key", "", "PEM `FILE` with the client certificate's private key (needs --cert and --tls)")
+	fs.StringVar(&o.serverName, "server-name", "", "`NAME` to send as SNI and verify the hub's certificate against (default the host of --hub; needs --tls)")
+	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "`LEVEL` of logging: debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `Usage: %s --hub HOST:PORT --pool NAME --upstream URL [flags]
+
+%s dials in to a reverse HTTP hub, holds --slots connections to it,
+and forwards every job (HTTP request) the hub sends on them to --upstream.
+On SIGTERM or SIGINT it stops taking jobs, lets running ones finish for up
+to --drain-timeout, and exits 0. It exits 1 if the hub rejects the first
+handshake (bad token, unknown pool) and 2 on bad flags. Flags take one
+or two dashes; $REVERSE_HTTP_TOKEN is used when --token is not given.
+
+Flags:
+`, progName, progName)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	fail := func(format string, a ...any) (*options, error) {
+		fmt.Fprintf(stderr, "%s: %s\n", progName, fmt.Sprintf(format, a...))
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", progName)
+		return nil, errUsage
+	}
+	if fs.NArg() > 0 {
+		return fail("unexpected argument %q", fs.Arg(0))
+	}
+	if o.token == "" {
+		o.token = os.Getenv("REVERSE_HTTP_TOKEN")
+	}
+	switch {
+	case o.hub == "":
+		return fail("--hub is required")
+	case o.upstream == "":
+		return fail("--upstream is required")
+	case o.protocol != worker.ProtocolPTTH && o.protocol != worker.ProtocolPothead:
+		return fail("--protocol must be %s or %s, not %q", worker.ProtocolPTTH, worker.ProtocolPothead, o.protocol)
+	case o.protocol == worker.ProtocolPTTH && o.pool == "":
+		return fail("--pool is required")
+	case o.slots < 1:
+		return fail("--slots must be at least 1")
+	case o.drainTimeout <= 0:
+		return fail("--drain-timeout must be positive")
+	case (o.cert == "") != (o.key == ""):
+		return fail("--cert and --key go together")
+	case !o.useTLS && (o.ca != "" || o.cert != "" || o.serverName != ""):
+		return fail("--ca, --cert, --key and --server-name need --tls")
+	}
+	if _, _, err := net.SplitHostPort(o.hub); err != nil {
+		return fail("--hub %q: want HOST:PORT", o.hub)
+	}
+	u, err := url.Parse(o.upstream)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fail("--upstream %q: want an http:// or https:// URL", o.upstream)
+	}
+	return &o, nil
+}
+
+// tlsConfig builds the client TLS configuration from the options.
+func (o *options) tlsConfig() (*tls.Config, error) {
+	if !o.useTLS {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.serverName}
+	if cfg.ServerName == "" {
+		host, _, _ := net.SplitHostPort(o.hub)
+		cfg.ServerName = host
+	}
+	if o.ca != "" {
+		pem, err := os.ReadFile(o.ca)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no PEM certificates found", o.ca)
+		}
+		cfg.RootCAs = pool
+	}
+	if o.cert != "" {
+		pair, err := tls.LoadX509KeyPair(o.cert, o.key)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+// run is main without os.Exit; it returns the exit code.
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		return 2
+	}
+	tlsCfg, err := o.tlsConfig()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: TLS: %v\n", progName, err)
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	upstream, _ := url.Parse(o.upstream) // checked by parseFlags
+
+	cfg := worker.Config{
+		Hub:          o.hub,
+		Pool:         o.pool,
+		Token:        o.token,
+		Name:         o.name,
+		Slots:        o.slots,
+		Protocol:     o.protocol,
+		TLS:          tlsCfg,
+		DrainTimeout: o.drainTimeout,
+		Handler:      worker.NewForwarder(upstream, logger),
+		Logger:       logger,
+	}
+	w, err := worker.New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	logger.Info("starting", "hub", o.hub, "pool", o.pool, "slots", o.slots, "upstream", o.upstream,
+		"protocol", o.protocol, "tls", o.useTLS)
+	if err := w.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,319 @@
+// Package worker is the worker side of reverse HTTP.
+//
+// A worker dials in to a hub and offers it connections ("slots"). On each
+// connection the roles of HTTP are reversed: after a short handshake the hub
+// is the HTTP/1.1 client and the worker is the server. The hub sends one
+// request (a job) at a time per connection, with keep-alive, so a worker runs
+// at most as many jobs at once as it holds connections.
+//
+// The package serves any [http.Handler] over hub connections. It runs a
+// standard [http.Server] on a [net.Listener] whose Accept dials the hub, so
+// net/http does all of the HTTP work: 100-continue, chunking, keep-alive, and
+// cancelling a handler's context when the hub closes the connection.
+//
+// Only the standard library is used, so a worker binary stays small.
+package worker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Protocols understood by [Config.Protocol].
+const (
+	// ProtocolPTTH sends an HTTP/1.1 Upgrade request ("PTTH/1.0") naming the
+	// pool, and waits for "101 Switching Protocols" before serving jobs.
+	ProtocolPTTH = "ptth"
+	// ProtocolPothead skips the handshake: the worker dials and waits for
+	// the first request.
+	ProtocolPothead = "pothead"
+)
+
+// DeclinedHeader is the response header by which a worker tells the hub that
+// it did not take a job, so that the hub requeues it elsewhere.
+const DeclinedHeader = "Reverse-Http-Declined"
+
+// WorkerHeader carries the worker's name in the handshake request.
+const WorkerHeader = "Reverse-Http-Worker"
+
+// DefaultDrainTimeout is used when [Config.DrainTimeout] is zero.
+const DefaultDrainTimeout = 30 * time.Second
+
+// Config describes a worker. Hub and Handler are required, and so is Pool
+// with the ptth protocol.
+type Config struct {
+	// Hub is host:port of the hub's worker listener.
+	Hub string
+	// Pool is the pool to join; it is path-escaped into the handshake
+	// request target ("GET /<pool>"). Unused with the pothead protocol.
+	Pool string
+	// Token, if set, is sent as "Authorization: Bearer <token>".
+	Token string
+	// Name is sent in the Reverse-Http-Worker handshake header. Empty means
+	// the host name; "-" sends no header.
+	Name string
+	// Slots is how many connections the worker holds, that is how many
+	// jobs it runs at once. Zero means 1.
+	Slots int
+	// Protocol is ProtocolPTTH (the default when empty) or ProtocolPothead.
+	Protocol string
+	// TLS, if not nil, makes the worker dial with TLS. An empty ServerName
+	// is taken from the host part of Hub.
+	TLS *tls.Config
+	// DrainTimeout bounds how long running jobs may take to finish once
+	// the context given to Run is done. Zero means DefaultDrainTimeout.
+	DrainTimeout time.Duration
+	// Handler serves the jobs.
+	Handler http.Handler
+	// Logger receives the worker's logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// HandshakeError is returned by Run when the hub rejects the very first
+// handshake attempt with 400, 401, 403 or 404, which usually means a
+// configuration error (bad token, unknown pool) that retrying cannot fix.
+// Rejections after a handshake has once succeeded are logged and retried.
+type HandshakeError struct {
+	Status int    // HTTP status code of the hub's answer
+	Reason string // the hub's text/plain reason, trimmed; may be empty
+}
+
+func (e *HandshakeError) Error() string {
+	msg := fmt.Sprintf("hub rejected the handshake: %d %s", e.Status, http.StatusText(e.Status))
+	if e.Reason != "" {
+		msg += ": " + e.Reason
+	}
+	return msg
+}
+
+// fatalStatus reports whether a rejection with this status ends Run when no
+// handshake has succeeded yet.
+func fatalStatus(code int) bool {
+	switch code {
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+		return true
+	}
+	return false
+}
+
+// Worker serves a Handler over connections to a hub. Create it with New; a
+// Worker runs once.
+type Worker struct {
+	cfg Config
+	log *slog.Logger
+
+	connected     atomic.Int64 // handshaken connections not yet closed
+	everConnected atomic.Bool  // a handshake has succeeded at least once
+	ran           atomic.Bool
+}
+
+// Run is shorthand for New followed by [Worker.Run].
+func Run(ctx context.Context, cfg Config) error {
+	w, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx)
+}
+
+// New checks cfg, fills in defaults and returns a Worker ready to Run.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Hub == "" {
+		return nil, errors.New("worker: no hub address")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Hub); err != nil {
+		return nil, fmt.Errorf("worker: hub address %q: %w", cfg.Hub, err)
+	}
+	if cfg.Handler == nil {
+		return nil, errors.New("worker: no handler")
+	}
+	switch cfg.Protocol {
+	case "":
+		cfg.Protocol = ProtocolPTTH
+	case ProtocolPTTH, ProtocolPothead:
+	default:
+		return nil, fmt.Errorf("worker: unknown protocol %q (want %q or %q)", cfg.Protocol, ProtocolPTTH, ProtocolPothead)
+	}
+	if cfg.Protocol == ProtocolPTTH && cfg.Pool == "" {
+		return nil, errors.New("worker: no pool name")
+	}
+	if cfg.Slots < 0 {
+		return nil, fmt.Errorf("worker: negative slot count %d", cfg.Slots)
+	}
+	if cfg.Slots == 0 {
+		cfg.Slots = 1
+	}
+	if cfg.DrainTimeout < 0 {
+		return nil, fmt.Errorf("worker: negative drain timeout %v", cfg.DrainTimeout)
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	switch cfg.Name {
+	case "":
+		cfg.Name, _ = os.Hostname()
+	case "-":
+		cfg.Name = ""
+	}
+	if !validHeaderValue(cfg.Token) {
+		return nil, errors.New("worker: token contains characters not allowed in a header")
+	}
+	if !validHeaderValue(cfg.Name) {
+		return nil, errors.New("worker: name contains characters not allowed in a header")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Worker{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// validHeaderValue rejects control characters (CR, LF in particular), which
+// would let a value break out of its header line.
+func validHeaderValue(v string) bool {
+	return !strings.ContainsFunc(v, func(r rune) bool {
+		return (r < ' ' && r != '\t') || r == 0x7f
+	})
+}
+
+// Connected returns how many handshaken connections the worker holds right
+// now, idle or busy.
+func (w *Worker) Connected() int { return int(w.connected.Load()) }
+
+// Run holds Slots connections to the hub and serves jobs on them until ctx is
+// done. Then it drains: it stops dialling, closes idle connections at once,
+// lets running jobs finish for up to DrainTimeout (their responses carry
+// "Connection: close"), closes whatever is left, and returns nil.
+//
+// Failures to connect are logged and retried with exponential backoff. If
+// the hub rejects the very first handshake with 400, 401, 403 or 404, Run
+// returns a *HandshakeError at once.
+func (w *Worker) Run(ctx context.Context) error {
+	if !w.ran.CompareAndSwap(false, true) {
+		return errors.New("worker: Run called twice")
+	}
+	l := newHubListener(w)
+	t := &connTracker{conns: make(map[net.Conn]http.ConnState)}
+	srv := &http.Server{
+		Handler:   w.cfg.Handler,
+		ConnState: t.hook,
+		ErrorLog:  slog.NewLogLogger(w.log.Handler(), slog.LevelWarn),
+		// No ReadTimeout, ReadHeaderTimeout or IdleTimeout: a worker waits
+		// for jobs as long as the hub likes.
+	}
+	srv.SetKeepAlivesEnabled(true)
+
+	fatal := make(chan error, 1)
+	var slots sync.WaitGroup
+	for i := range w.cfg.Slots {
+		slots.Go(func() { w.slotLoop(l, i, fatal) })
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		w.log.Info("draining", "hub", w.cfg.Hub, "pool", w.cfg.Pool,
+			"connected", w.Connected(), "busy", t.count(http.StateActive),
+			"drain_timeout", w.cfg.DrainTimeout)
+	case runErr = <-fatal:
+	case err := <-served:
+		// Serve only returns early on an unexpected Accept error.
+		served <- err
+		runErr = fmt.Errorf("worker: serving: %w", err)
+	}
+
+	// Order matters. Responses written from now on carry "Connection:
+	// close". Once draining is set, a connection that becomes new or idle
+	// is closed by the ConnState hook. Then dialling stops, and finally
+	// the connections that were already new or idle are closed.
+	srv.SetKeepAlivesEnabled(false)
+	t.setDraining()
+	l.Close()
+	t.closeIdle()
+	dctx, cancel := context.WithTimeout(context.Background(), w.cfg.DrainTimeout)
+	err := srv.Shutdown(dctx)
+	cancel()
+	if err != nil {
+		w.log.Warn("drain timeout: closing running jobs",
+			"drain_timeout", w.cfg.DrainTimeout, "busy", t.count(http.StateActive))
+		srv.Close()
+	}
+	<-served
+	slots.Wait()
+	if runErr == nil {
+		w.log.Info("drained", "hub", w.cfg.Hub, "pool", w.cfg.Pool)
+	}
+	return runErr
+}
+
+// connTracker follows the state of every connection the server holds, so
+// that a drain can close new and idle ones straight away. (Server.Shutdown
+// alone treats a connection in StateNew as idle only after five seconds.)
+type connTracker struct {
+	mu       sync.Mutex
+	conns    map[net.Conn]http.ConnState
+	draining bool
+}
+
+func (t *connTracker) hook(c net.Conn, s http.ConnState) {
+	if hc, ok := c.(*hubConn); ok && s == http.StateActive {
+		hc.jobs.Add(1)
+	}
+	t.mu.Lock()
+	switch s {
+	case http.StateClosed, http.StateHijacked:
+		delete(t.conns, c)
+	default:
+		t.conns[c] = s
+	}
+	closeNow := t.draining && (s == http.StateNew || s == http.StateIdle)
+	t.mu.Unlock()
+	if closeNow {
+		c.Close()
+	}
+}
+
+// setDraining makes the hook close connections that become new or idle.
+func (t *connTracker) setDraining() {
+	t.mu.Lock()
+	t.draining = true
+	t.mu.Unlock()
+}
+
+// closeIdle closes every connection that is new or idle.
+func (t *connTracker) closeIdle() {
+	var idle []net.Conn
+	t.mu.Lock()
+	for c, s := range t.conns {
+		if s == http.StateNew || s == http.StateIdle {
+			idle = append(idle, c)
+		}
+	}
+	t.mu.Unlock()
+	for _, c := range idle {
+		c.Close()
+	}
+}
+
+func (t *connTracker) count(state http.ConnState) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, s := range t.conns {
+		if s == state {
+			n++
+		}
+	}
+	return n
+}
