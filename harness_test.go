@@ -1,0 +1,205 @@
+package reversehttp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/reversehttp/reverse_http/worker"
+)
+
+// TestMain points Caddy's storage at a temporary directory, so tests neither
+// read nor write the user's Caddy state.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "reverse-http-test-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	os.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+	code := m.Run()
+	caddy.Stop()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// hub is Caddy running in this process with a reverse_http config.
+type hub struct {
+	t      testing.TB
+	site   string // http://127.0.0.1:PORT
+	worker string // 127.0.0.1:PORT of the default pool's listener
+}
+
+// newHub loads Caddy with a Caddyfile template in which {siteport} and
+// {workers} stand for a free port for the consumer site and a free loopback
+// address for the worker listener.
+func newHub(t testing.TB, template string) *hub {
+	t.Helper()
+	h := &hub{
+		t:      t,
+		site:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		worker: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+	}
+	h.load(template)
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Errorf("stopping caddy: %v", err)
+		}
+	})
+	h.site = "http://" + h.site
+	return h
+}
+
+// load (re)loads Caddy with the template; a failure ends the test.
+func (h *hub) load(template string) {
+	h.t.Helper()
+	if err := h.tryLoad(template); err != nil {
+		h.t.Fatalf("loading config: %v", err)
+	}
+}
+
+func (h *hub) tryLoad(template string) error {
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(h.site, "http://"))
+	cf := strings.NewReplacer("{siteport}", port, "{workers}", h.worker).Replace(template)
+	cf = "{\n\tadmin off\n\tpersist_config off\n\tgrace_period 5s\n" + strings.TrimPrefix(strings.TrimSpace(cf), "{") + "\n"
+	cfg, err := adapt(cf)
+	if err != nil {
+		return fmt.Errorf("adapt: %w\n%s", err, cf)
+	}
+	return caddy.Load(cfg, true)
+}
+
+// pool returns the live pool with that name.
+func livePool(t testing.TB, name string) *Pool {
+	t.Helper()
+	var p *Pool
+	pools.Range(func(k, v any) bool {
+		if k == name {
+			p = v.(*Pool)
+			return false
+		}
+		return true
+	})
+	if p == nil {
+		t.Fatalf("no live pool %q", name)
+	}
+	return p
+}
+
+// startWorker runs an in-process worker serving handler and waits until
+// the pool holds all its connections idle.
+func startWorker(t testing.TB, h *hub, pool, token string, slots int, handler http.Handler) context.CancelFunc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w, err := worker.New(worker.Config{
+		Hub: h.worker, Pool: pool, Token: token, Slots: slots, Name: "test-worker",
+		Handler: handler, DrainTimeout: 5 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	stop := func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("worker: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("worker did not stop")
+		}
+	}
+	t.Cleanup(func() {
+		if ctx.Err() == nil {
+			stop()
+		}
+	})
+	p := livePool(t, pool)
+	deadline := time.Now().Add(10 * time.Second)
+	for w.Connected() < slots || p.Stats().Idle+p.Stats().Busy < slots {
+		select {
+		case err := <-done:
+			t.Fatalf("worker ended: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker connected %d of %d slots; pool %+v", w.Connected(), slots, p.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var once sync.Once
+	return func() { once.Do(stop) }
+}
+
+// get sends a request to the hub's site and returns status, headers and body.
+func (h *hub) do(req *http.Request) (*http.Response, string) {
+	h.t.Helper()
+	resp, err := testClient.Do(req)
+	if err != nil {
+		h.t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.t.Fatalf("%s %s: reading body: %v", req.Method, req.URL, err)
+	}
+	return resp, string(body)
+}
+
+func (h *hub) get(path string) (*http.Response, string) {
+	h.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, h.site+path, nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return h.do(req)
+}
+
+var testClient = &http.Client{
+	Timeout: 30 * time.Second,
+	Transport: &http.Transport{
+		MaxIdleConnsPerHost: 100,
+		DisableCompression:  true,
+	},
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var errUnexpected = errors.New("unexpected")
