@@ -370,6 +370,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		FlushInterval: -1,
 		BufferPool:    bufferPool{},
 		ErrorLog:      zap.NewStdLog(h.logger),
+		ModifyResponse: func(resp *http.Response) error {
+			// The worker's Server header replaces Caddy's, as with reverse_proxy.
+			if _, ok := resp.Header["Server"]; ok {
+				resp.Request.Context().Value(jobCtxKey{}).(*job).w.Header().Del("Server")
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			r.Context().Value(jobCtxKey{}).(*job).err = err
 		},
@@ -392,7 +399,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		extra.Add(zap.String("request_id", id))
 	}
 
-	j := &job{pool: h.pool, queueTimeout: time.Duration(h.QueueTimeout)}
+	j := &job{pool: h.pool, queueTimeout: time.Duration(h.QueueTimeout), w: w}
 	if j.queueTimeout == 0 {
 		h.pool.mu.Lock()
 		j.queueTimeout = h.pool.queueTimeout

@@ -30,6 +30,7 @@ type jobCtxKey struct{}
 type job struct {
 	pool         *Pool
 	queueTimeout time.Duration
+	w            http.ResponseWriter
 	err          error // the error that ended the request before a response, if any
 }
 
