@@ -20,13 +20,19 @@ import (
 	"github.com/reversehttp/reverse_http/worker"
 )
 
+// testDataDir holds Caddy's storage and config for the tests.
+var testDataDir string
+
 // TestMain points Caddy's storage at a temporary directory, so tests neither
-// read nor write the user's Caddy state.
+// read nor write the user's Caddy state. (Caddy reads XDG_DATA_HOME for its
+// default storage when its package initialises, before TestMain runs, so
+// the harness also names the storage in every config it loads.)
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "reverse-http-test-")
 	if err != nil {
 		panic(err)
 	}
+	testDataDir = dir
 	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
 	os.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
 	code := m.Run()
@@ -84,7 +90,8 @@ func (h *hub) load(template string) {
 func (h *hub) tryLoad(template string) error {
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(h.site, "http://"))
 	cf := strings.NewReplacer("{siteport}", port, "{workers}", h.worker).Replace(template)
-	cf = "{\n\tadmin off\n\tpersist_config off\n\tgrace_period 5s\n" + strings.TrimPrefix(strings.TrimSpace(cf), "{") + "\n"
+	cf = fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tgrace_period 5s\n\tstorage file_system %s\n", testStorage()) +
+		strings.TrimPrefix(strings.TrimSpace(cf), "{") + "\n"
 	cfg, err := adapt(cf)
 	if err != nil {
 		return fmt.Errorf("adapt: %w\n%s", err, cf)
@@ -92,7 +99,9 @@ func (h *hub) tryLoad(template string) error {
 	return caddy.Load(cfg, true)
 }
 
-// pool returns the live pool with that name.
+func testStorage() string { return filepath.Join(testDataDir, "storage") }
+
+// livePool returns the live pool with that name.
 func livePool(t testing.TB, name string) *Pool {
 	t.Helper()
 	var p *Pool

@@ -263,19 +263,13 @@ func (p *Pool) drain() {
 	}
 }
 
-// Destruct tears the pool down when no config uses it any more: it drains
-// the pool and closes every worker connection, running jobs included.
+// Destruct tears the pool down when no config uses it any more. Waiting
+// requests get errPoolClosed and idle connections close at once; a running
+// job keeps its connection until it ends (bounded by Caddy's grace period,
+// after which its consumer's cancellation closes it), and then the
+// connection closes instead of returning to the pool.
 func (p *Pool) Destruct() error {
 	p.drain()
-	p.mu.Lock()
-	all := make([]*workerConn, 0, len(p.conns))
-	for c := range p.conns {
-		all = append(all, c)
-	}
-	p.mu.Unlock()
-	for _, c := range all {
-		c.close()
-	}
 	return nil
 }
 
