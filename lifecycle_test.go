@@ -257,3 +257,60 @@ http://:{siteport} {
 		t.Fatalf("the worker that does not trust the CA got in: %+v", p.Stats())
 	}
 }
+
+// TestConfigErrorsAtLoad checks the errors that only a whole config can
+// show, as JSON users meet them.
+func TestConfigErrorsAtLoad(t *testing.T) {
+	h := &hub{t: t, site: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), worker: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	t.Cleanup(func() { caddy.Stop() })
+	for _, tc := range []struct {
+		name, config, want string
+	}{
+		{"pothead pool sharing its address", `{
+	reverse_http {
+		pool a {
+			listen {workers}
+		}
+		pool b {
+			listen {workers}
+			protocol pothead
+		}
+	}
+}`, "a pothead pool needs an address of its own"},
+		{"pools on one address with different tls", `{
+	local_certs
+	reverse_http {
+		pool a {
+			listen {workers}
+		}
+		pool b {
+			listen {workers}
+			tls {
+				hostnames localhost
+			}
+		}
+	}
+}`, "need the same tls block"},
+		{"empty token", `{
+	reverse_http {
+		pool a {
+			listen {workers}
+			token {env.REVERSE_HTTP_TEST_UNSET_VARIABLE}
+		}
+	}
+}`, "a token is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := h.tryLoad(tc.config)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+	t.Run("unknown pool in JSON", func(t *testing.T) {
+		err := caddy.Load([]byte(`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"reverse_http","pool":"missing"}]}]}}}}}`), true)
+		if err == nil || !strings.Contains(err.Error(), `unknown pool "missing"`) {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
