@@ -412,6 +412,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	status := errorStatus(j.err)
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+	} else if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		// The job's body writer may still be blocked reading the upload;
+		// closing the connection spares net/http draining the rest of the
+		// body (which would wait on that read) before it answers.
+		w.Header().Set("Connection", "close")
 	}
 	if c := h.logger.Check(zap.DebugLevel, "request failed"); c != nil {
 		c.Write(zap.String("pool", h.Pool), zap.String("request_id", id), zap.Int("status", status), zap.Error(j.err))

@@ -19,7 +19,7 @@ const DeclinedHeader = "Reverse-Http-Declined"
 
 var (
 	errResponseTimeout = errors.New("worker did not answer within the response timeout")
-	// errReplay means the worker never started the job; it may run elsewhere.
+	// errReplay means the worker cannot have run the job: it may run elsewhere.
 	errReplay = errors.New("worker never started the job")
 )
 
@@ -192,14 +192,15 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 
 // replayable reports whether a request whose connection failed before any
 // response byte can go to another worker without running the job twice:
-// its body never left the hub, or it has none and is idempotent.
+// its body never left the hub, or the consumer marked it safe to repeat
+// with an idempotency key. A bodiless request without a key is not replayed
+// even if its method is idempotent: the worker may have been killed while
+// running it, and these jobs are too expensive to run twice unasked.
+// (Connections whose worker hung up while idle never get here: the pool
+// drops them before they are handed out.)
 func replayable(req *http.Request, g *bodyGate) bool {
 	if g != nil {
 		return !g.isOpen()
-	}
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
 	}
 	return req.Header.Get("Idempotency-Key") != "" || req.Header.Get("X-Idempotency-Key") != ""
 }
