@@ -196,6 +196,13 @@ func (wl *workerListener) handshake(conn net.Conn) {
 	}
 
 	req, err := http.ReadRequest(br)
+	if err == io.EOF {
+		// Closed before a byte was sent: a worker stopping mid-dial, or a
+		// port check. Nothing to answer.
+		wl.logger.Debug("connection closed before its handshake", zap.String("remote", remote))
+		conn.Close()
+		return
+	}
 	if err != nil {
 		wl.reject(conn, remote, "", http.StatusBadRequest, "malformed handshake: "+err.Error())
 		return

@@ -153,7 +153,7 @@ func (w *Worker) slotLoop(l *hubListener, slot int, fatal chan<- error) {
 			return false
 		}
 	}
-	for l.ctx.Err() == nil {
+	for l.ctx.Err() == nil && !w.stopping.Load() {
 		c, err := w.connect(l.ctx)
 		if err != nil {
 			if l.ctx.Err() != nil {

@@ -114,6 +114,7 @@ type Worker struct {
 
 	connected     atomic.Int64 // handshaken connections not yet closed
 	everConnected atomic.Bool  // a handshake has succeeded at least once
+	stopping      atomic.Bool  // draining: slots do not redial
 	ran           atomic.Bool
 }
 
@@ -237,6 +238,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// close". Once draining is set, a connection that becomes new or idle
 	// is closed by the ConnState hook. Then dialling stops, and finally
 	// the connections that were already new or idle are closed.
+	w.stopping.Store(true) // no slot redials from here on
 	srv.SetKeepAlivesEnabled(false)
 	t.setDraining()
 	l.Close()

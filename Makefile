@@ -1,0 +1,66 @@
+# reverse_http: build, test and demo.
+#
+#   make build   bin/caddy (Caddy with the plugin, via xcaddy from tools/),
+#                bin/reverse-http-worker and bin/sample-app
+#   make test    the tests, with the race detector
+#   make smoke   build bin/caddy and check it lists the plugin's modules
+#   make demo    build, then run demo/run.sh (DEMO_ONESHOT=1: check and exit)
+#   make clean   remove bin/
+
+GO ?= go
+CADDY_VERSION ?= v2.11.9
+MODULE := github.com/reversehttp/reverse_http
+
+# What bin/caddy is built from: the plugin package (the root directory)
+# and the module files that choose its dependencies and xcaddy's version.
+PLUGIN_SOURCES := $(filter-out %_test.go,$(wildcard *.go)) go.mod go.sum tools/go.mod tools/go.sum
+
+.PHONY: all build test smoke demo clean FORCE
+
+all: build
+
+build: bin/caddy bin/reverse-http-worker bin/sample-app
+
+# xcaddy needs a version with a local plugin path; v0.0.0 is a stand-in.
+bin/caddy: $(PLUGIN_SOURCES)
+	@mkdir -p bin
+	cd tools && XCADDY_WHICH_GO="$(GO)" $(GO) tool xcaddy build $(CADDY_VERSION) \
+		--with $(MODULE)@v0.0.0=.. --output ../bin/caddy
+
+# The go command knows best whether these are up to date.
+bin/reverse-http-worker: FORCE
+	$(GO) build -o $@ ./worker/cmd/reverse-http-worker
+
+bin/sample-app: FORCE
+	$(GO) build -o $@ ./cmd/sample-app
+
+FORCE:
+
+# -p 1: tests that start Caddy in-process must not run in parallel across
+# packages.
+test:
+	$(GO) test -race -count=1 -p 1 -timeout 8m ./...
+
+smoke: bin/caddy
+	@set -e; \
+	if ! mods=$$(./bin/caddy list-modules); then \
+		echo "smoke: FAIL: 'bin/caddy list-modules' failed" >&2; exit 1; \
+	fi; \
+	for m in reverse_http http.handlers.reverse_http; do \
+		if printf '%s\n' "$$mods" | grep -qxF "$$m"; then \
+			echo "smoke: ok: bin/caddy has module $$m"; \
+		else \
+			echo "smoke: FAIL: bin/caddy list-modules does not list $$m" >&2; exit 1; \
+		fi; \
+	done; \
+	if ! out=$$(REVERSE_HTTP_TOKEN=smoke ./bin/caddy adapt --config demo/Caddyfile --adapter caddyfile 2>&1 >/dev/null); then \
+		echo "smoke: FAIL: bin/caddy cannot adapt demo/Caddyfile:" >&2; echo "$$out" >&2; exit 1; \
+	fi; \
+	echo "smoke: ok: bin/caddy adapts demo/Caddyfile"; \
+	echo "smoke: passed"
+
+demo: build
+	./demo/run.sh
+
+clean:
+	rm -rf bin
