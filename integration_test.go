@@ -563,3 +563,36 @@ func TestSlotsNeverOverbooked(t *testing.T) {
 		t.Errorf("at most %d jobs ran at once; all %d slots should have been busy", peakAll.Load(), slots*workers)
 	}
 }
+
+// TestResponseTimeout checks that response_timeout bounds the wait for a
+// response to begin (504), not the length of a response that has begun.
+func TestResponseTimeout(t *testing.T) {
+	h := newHub(t, strings.Replace(basicConfig, "token secret", "token secret\n\t\t\tresponse_timeout 300ms", 1))
+	cancelled := make(chan struct{}, 1)
+	startWorker(t, h, "jobs", "secret", 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/slow-start":
+			select {
+			case <-r.Context().Done():
+				cancelled <- struct{}{}
+			case <-time.After(5 * time.Second):
+			}
+		case "/slow-body":
+			io.WriteString(w, "begun ")
+			w.(http.Flusher).Flush()
+			time.Sleep(600 * time.Millisecond)
+			io.WriteString(w, "and done")
+		}
+	}))
+	if resp, _ := h.get("/slow-start"); resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("slow start: got %d, want 504", resp.StatusCode)
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the timed-out job was not cancelled at the worker")
+	}
+	if resp, body := h.get("/slow-body"); resp.StatusCode != 200 || body != "begun and done" {
+		t.Fatalf("slow body: got %d %q", resp.StatusCode, body)
+	}
+}

@@ -185,7 +185,11 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return fail(errors.New("worker declined the job after reading its body"))
 		}
-		resp.Body = &jobBody{c: c, body: resp.Body, resp: resp, gate: g, wrote: wrote, stop: stop, timer: timer}
+		// The response has begun: the response timeout no longer applies.
+		if timer != nil && !timer.Stop() {
+			return fail(errResponseTimeout)
+		}
+		resp.Body = &jobBody{c: c, body: resp.Body, resp: resp, gate: g, wrote: wrote, stop: stop}
 		return resp, nil
 	}
 }
@@ -214,7 +218,6 @@ type jobBody struct {
 	gate  *bodyGate
 	wrote chan error
 	stop  func() bool
-	timer *time.Timer
 	once  sync.Once
 }
 
@@ -236,9 +239,6 @@ func (b *jobBody) finish(complete bool) {
 		reuse := complete && !b.resp.Close
 		if !b.stop() {
 			reuse = false // the consumer went away and closed the connection
-		}
-		if b.timer != nil && !b.timer.Stop() {
-			reuse = false
 		}
 		if b.gate != nil {
 			if !b.gate.isOpen() {
