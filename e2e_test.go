@@ -461,20 +461,9 @@ func TestE2EHubRestart(t *testing.T) {
 	}
 }
 
-const drainConfig = `{
-	reverse_http {
-		pool jobs {
-			listen {workers}
-			token secret
-		}
-	}
-}
-http://:{siteport} {
-	bind 127.0.0.1
-	reverse_http jobs {
-		queue_timeout 1s
-	}
-}`
+// drainConfig is basicConfig with a short route queue timeout, so that a
+// request no worker takes gets its 503 quickly.
+var drainConfig = strings.Replace(basicConfig, "\treverse_http jobs\n", "\treverse_http jobs {\n\t\tqueue_timeout 1s\n\t}\n", 1)
 
 // TestE2EDrainOnSIGTERM checks that a worker binary given SIGTERM gives its
 // idle connection back at once, finishes its running job, takes no new

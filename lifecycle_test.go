@@ -2,6 +2,7 @@ package reversehttp
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -14,8 +15,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"crypto/tls"
 
 	"github.com/caddyserver/caddy/v2"
 
