@@ -41,18 +41,6 @@ func testPool(maxQueue int) *Pool {
 	return p
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func far() time.Time { return time.Now().Add(time.Minute) }
 
 func TestPoolFIFO(t *testing.T) {
@@ -72,7 +60,7 @@ func TestPoolFIFO(t *testing.T) {
 			order <- i
 			p.put(c)
 		}()
-		eventually(t, "request to queue", func() bool { return p.Stats().Waiting == i+1 })
+		waitFor(t, "request to queue", func() bool { return p.Stats().Waiting == i+1 })
 	}
 	workerSide(t, p) // one connection serves them all, oldest first
 	wg.Wait()
@@ -92,7 +80,7 @@ func TestPoolFIFO(t *testing.T) {
 func TestPoolIdleConnectionServesAtOnce(t *testing.T) {
 	p := testPool(100)
 	workerSide(t, p)
-	eventually(t, "idle connection", func() bool { return p.Stats().Idle == 1 })
+	waitFor(t, "idle connection", func() bool { return p.Stats().Idle == 1 })
 	c, err := p.acquire(context.Background(), far(), false)
 	if err != nil {
 		t.Fatal(err)
@@ -113,13 +101,13 @@ func TestPoolMaxQueue(t *testing.T) {
 	for range 2 {
 		go p.acquire(ctx, far(), false)
 	}
-	eventually(t, "two queued", func() bool { return p.Stats().Waiting == 2 })
+	waitFor(t, "two queued", func() bool { return p.Stats().Waiting == 2 })
 	if _, err := p.acquire(ctx, far(), false); !errors.Is(err, errQueueFull) {
 		t.Fatalf("third request: got %v, want errQueueFull", err)
 	}
 	// A request that a worker declined keeps its place even in a full queue.
 	go p.acquire(ctx, far(), true)
-	eventually(t, "requeued request", func() bool { return p.Stats().Waiting == 3 })
+	waitFor(t, "requeued request", func() bool { return p.Stats().Waiting == 3 })
 }
 
 func TestPoolQueueTimeout(t *testing.T) {
@@ -145,7 +133,7 @@ func TestPoolCancelWhileQueued(t *testing.T) {
 		_, err := p.acquire(ctx, far(), false)
 		errc <- err
 	}()
-	eventually(t, "queued", func() bool { return p.Stats().Waiting == 1 })
+	waitFor(t, "queued", func() bool { return p.Stats().Waiting == 1 })
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v", err)
@@ -155,7 +143,7 @@ func TestPoolCancelWhileQueued(t *testing.T) {
 	}
 	// The next connection is not dispatched to the cancelled request.
 	workerSide(t, p)
-	eventually(t, "idle connection", func() bool { return p.Stats().Idle == 1 })
+	waitFor(t, "idle connection", func() bool { return p.Stats().Idle == 1 })
 }
 
 func TestPoolRequeueGoesFirst(t *testing.T) {
@@ -176,7 +164,7 @@ func TestPoolRequeueGoesFirst(t *testing.T) {
 		if who.head {
 			want = 2
 		}
-		eventually(t, "queued", func() bool { return p.Stats().Waiting == want })
+		waitFor(t, "queued", func() bool { return p.Stats().Waiting == want })
 	}
 	workerSide(t, p)
 	if first := <-got; first != "declined" {
@@ -189,17 +177,17 @@ func TestPoolIdleHangupLeavesPool(t *testing.T) {
 	p := testPool(10)
 	w := workerSide(t, p)
 	workerSide(t, p)
-	eventually(t, "two idle", func() bool { return p.Stats().Idle == 2 })
+	waitFor(t, "two idle", func() bool { return p.Stats().Idle == 2 })
 	w.Close()
-	eventually(t, "hung-up connection to leave", func() bool { return p.Stats().Idle == 1 })
+	waitFor(t, "hung-up connection to leave", func() bool { return p.Stats().Idle == 1 })
 }
 
 func TestPoolIdleChatterLeavesPool(t *testing.T) {
 	p := testPool(10)
 	w := workerSide(t, p)
-	eventually(t, "idle", func() bool { return p.Stats().Idle == 1 })
+	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
 	w.Write([]byte("HTTP/1.1 200 OK\r\n\r\n")) // out of turn
-	eventually(t, "misbehaving connection to leave", func() bool { return p.Stats().Idle == 0 })
+	waitFor(t, "misbehaving connection to leave", func() bool { return p.Stats().Idle == 0 })
 	buf := make([]byte, 1)
 	w.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := w.Read(buf); err == nil {
@@ -259,7 +247,7 @@ func TestPoolDrain(t *testing.T) {
 		_, err := p.acquire(context.Background(), far(), false)
 		errc <- err
 	}()
-	eventually(t, "queued", func() bool { return p.Stats().Waiting == 1 })
+	waitFor(t, "queued", func() bool { return p.Stats().Waiting == 1 })
 	p.drain()
 	if err := <-errc; !errors.Is(err, errPoolClosed) {
 		t.Fatalf("queued request got %v, want errPoolClosed", err)
