@@ -5,6 +5,8 @@
 #   make test    the tests, with the race detector
 #   make smoke   build bin/caddy and check it lists the plugin's modules
 #   make demo    build, then run demo/run.sh (DEMO_ONESHOT=1: check and exit)
+#   make bench   build, then run the benchmarks in bench/ (about 8 minutes);
+#                writes bench/results/RESULTS.md and the latency plots
 #   make clean   remove bin/
 
 GO ?= go
@@ -15,7 +17,7 @@ MODULE := github.com/reversehttp/reverse_http
 # and the module files that choose its dependencies and xcaddy's version.
 PLUGIN_SOURCES := $(filter-out %_test.go,$(wildcard *.go)) go.mod go.sum tools/go.mod tools/go.sum
 
-.PHONY: all build test smoke demo clean FORCE
+.PHONY: all build test smoke demo bench clean FORCE
 
 all: build
 
@@ -37,9 +39,10 @@ bin/sample-app: FORCE
 FORCE:
 
 # -p 1: tests that start Caddy in-process must not run in parallel across
-# packages.
+# packages. bench/ is a module of its own, so ./... leaves it out.
 test:
 	$(GO) test -race -count=1 -p 1 -timeout 8m ./...
+	cd bench && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
 smoke: bin/caddy
 	@set -e; \
@@ -61,6 +64,18 @@ smoke: bin/caddy
 
 demo: build
 	./demo/run.sh
+
+bin/bench: FORCE
+	cd bench && $(GO) build -o ../bin/bench .
+
+# HAProxy is one of the systems compared; as root, install it if missing.
+# The limit on open files goes up to the hard limit for scenario 4.
+BENCH_FLAGS ?=
+bench: build bin/bench
+	@if ! command -v haproxy >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
+	fi
+	ulimit -n "$$(ulimit -Hn)" && ./bin/bench -caddy bin/caddy -worker bin/reverse-http-worker -out bench/results $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin

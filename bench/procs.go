@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// env is what every scenario shares: the binaries and a scratch directory.
+type env struct {
+	caddy  string // Caddy built with the plugin
+	worker string // the reverse-http-worker binary
+	self   string // this program, re-run for the "serve" role
+	dir    string // scratch directory for configs and logs
+	seq    int
+}
+
+// proc is a child process of the benchmark.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	err  error
+}
+
+// start runs a child with its output in a log file. If ready is set, it
+// waits for the child to print a line "ready".
+func (e *env) start(name string, ready bool, bin string, args ...string) (*proc, error) {
+	e.seq++
+	logPath := filepath.Join(e.dir, fmt.Sprintf("%03d-%s.log", e.seq, name))
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = logf
+	cmd.Env = append(os.Environ(),
+		"XDG_CONFIG_HOME="+filepath.Join(e.dir, "xdg-config"),
+		"XDG_DATA_HOME="+filepath.Join(e.dir, "xdg-data"),
+		"HOME="+e.dir,
+	)
+	var out *bufio.Reader
+	if ready {
+		pipe, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		out = bufio.NewReader(pipe)
+	} else {
+		cmd.Stdout = logf
+	}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	if ready {
+		line := make(chan string, 1)
+		go func() {
+			s, _ := out.ReadString('\n')
+			line <- s
+			// Keep draining so the child never blocks on stdout.
+			buf := make([]byte, 4096)
+			for {
+				if _, err := out.Read(buf); err != nil {
+					break
+				}
+			}
+			p.err = cmd.Wait()
+			logf.Close()
+			close(p.done)
+		}()
+		select {
+		case s := <-line:
+			if strings.TrimSpace(s) != "ready" {
+				p.kill()
+				return nil, fmt.Errorf("%s did not start: %s", name, p.tail())
+			}
+		case <-time.After(60 * time.Second):
+			p.kill()
+			return nil, fmt.Errorf("%s not ready after 60s: %s", name, p.tail())
+		}
+	} else {
+		go func() {
+			p.err = cmd.Wait()
+			logf.Close()
+			close(p.done)
+		}()
+	}
+	return p, nil
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+// stop asks the child to leave (SIGTERM), then kills it after the grace
+// period.
+func (p *proc) stop(grace time.Duration) {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		p.kill()
+	}
+}
+
+func (p *proc) kill() {
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// tail returns the end of the child's log, for error messages.
+func (p *proc) tail() string {
+	b, _ := os.ReadFile(p.log)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// memory reads a process's resident set size and its peak (VmHWM), in
+// bytes.
+func memory(pid int) (rss, hwm int64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		f := strings.Fields(string(line))
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb << 10
+		case "VmHWM:":
+			hwm = kb << 10
+		}
+	}
+	if rss == 0 || hwm == 0 {
+		return 0, 0, errors.New("no VmRSS/VmHWM in /proc status")
+	}
+	return rss, hwm, nil
+}
+
+// resetPeak sets a process's VmHWM back to its current RSS.
+func resetPeak(pid int) error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+// freePort finds a loopback port nobody listens on.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func freePorts(n int) ([]int, error) {
+	// Hold them all open at once so that no port is handed out twice.
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	ports := make([]int, n)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+	}
+	return ports, nil
+}
+
+// waitListening waits until every address accepts TCP connections.
+func waitListening(p *proc, addrs ...string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for _, a := range addrs {
+		for {
+			c, err := net.DialTimeout("tcp", a, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if p != nil && p.exited() {
+				return fmt.Errorf("%s exited: %s", p.name, p.tail())
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: nothing listens on %s after 30s", p.name, a)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// startCaddy runs Caddy with a Caddyfile and waits for the addresses.
+func (e *env) startCaddy(name, caddyfile string, addrs ...string) (*proc, error) {
+	e.seq++
+	path := filepath.Join(e.dir, fmt.Sprintf("%03d-%s.Caddyfile", e.seq, name))
+	global := fmt.Sprintf(`{
+	admin off
+	storage file_system %s
+	skip_install_trust
+	auto_https off
+	log {
+		level ERROR
+	}
+	grace_period 2s
+`, filepath.Join(e.dir, "caddy-storage"))
+	if err := os.WriteFile(path, []byte(global+caddyfile), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := e.start(name, false, e.caddy, "run", "--config", path, "--adapter", "caddyfile")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitListening(p, addrs...); err != nil {
+		p.kill()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startHAProxy runs HAProxy in the foreground with a config.
+func (e *env) startHAProxy(config string, addrs ...string) (*proc, error) {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		return nil, err
+	}
+	e.seq++
+	path := filepath.Join(e.dir, fmt.Sprintf("%03d-haproxy.cfg", e.seq))
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := e.start("haproxy", false, bin, "-db", "-f", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitListening(p, addrs...); err != nil {
+		p.kill()
+		return nil, err
+	}
+	return p, nil
+}
+
+// serve starts the benchmark's application in a child process.
+func (e *env) serve(name string, args ...string) (*proc, error) {
+	return e.start(name, true, e.self, append([]string{"serve"}, args...)...)
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptrace"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// scale is scenario 4: many idle worker connections and many waiting
+// requests held at once, then the rate at which 1,000 slots work through
+// the backlog and through a closed loop of tiny jobs.
+func scale(e *env, o *options) ([]*table, error) {
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	hub := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	idleSite := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	waitSite := fmt.Sprintf("127.0.0.1:%d", ports[2])
+	// Consumers speak HTTP/2 without TLS (h2c), so that the waiting
+	// requests share a few connections: one process may hold only
+	// fileLimit() descriptors.
+	caddy, err := e.startCaddy("scale-caddy", fmt.Sprintf(`
+	servers {
+		protocols h1 h2c
+	}
+	reverse_http {
+		pool idle {
+			listen %[1]s
+			token %[2]s
+		}
+		pool wait {
+			listen %[1]s
+			token %[2]s
+			max_queue %[3]d
+			queue_timeout 10m
+		}
+	}
+}
+
+http://%[4]s {
+	bind 127.0.0.1
+	reverse_http idle
+}
+http://%[5]s {
+	bind 127.0.0.1
+	reverse_http wait
+}
+`, hub, benchToken, o.scaleWaiting, idleSite, waitSite), idleSite, waitSite, hub)
+	if err != nil {
+		return nil, err
+	}
+	defer caddy.stop(10 * time.Second)
+	t := &table{
+		title: "4. Scale",
+		intro: fmt.Sprintf("%s idle worker connections (one worker process with that many slots) and %s requests waiting in another pool (HTTP/2 without TLS from the generator), held at once; "+
+			"then %s slots join the waiting pool and work through the backlog, then serve tiny jobs to %d clients in a closed loop. Open-file limit: %d.",
+			count(o.scaleIdle), count(o.scaleWaiting), count(o.scaleSlots), o.scaleSlots, fileLimit()),
+		header: []string{"measure", "value"},
+	}
+	time.Sleep(500 * time.Millisecond)
+	rss0, _, err := memory(caddy.pid())
+	if err != nil {
+		return nil, err
+	}
+	t.add("Caddy RSS at start", mib(rss0)+" MiB")
+
+	idle, err := e.serve("scale-idle-workers", "--hub", hub, "--pool", "idle", "--token", benchToken, "--slots", fmt.Sprint(o.scaleIdle))
+	if err != nil {
+		return nil, err
+	}
+	defer idle.stop(30 * time.Second)
+	rss1 := settledRSS(caddy.pid())
+	t.add(fmt.Sprintf("Caddy RSS with %s idle worker connections", count(o.scaleIdle)), fmt.Sprintf("%s MiB (%.1f KiB per connection)",
+		mib(rss1), float64(rss1-rss0)/1024/float64(o.scaleIdle)))
+
+	// The waiting requests.
+	h2c := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 1000}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: h2c}
+	defer h2c.CloseIdleConnections()
+	var written, okCount, failed atomic.Int64
+	var firstErr atomic.Value
+	var firstDone, lastDone atomic.Int64
+	var wg sync.WaitGroup
+	for i := range o.scaleWaiting {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { written.Add(1) }}
+			req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/tiny?n=%d", waitSite, i), nil)
+			req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+			_, err := fetch(client, req)
+			now := time.Now().UnixNano()
+			firstDone.CompareAndSwap(0, now)
+			lastDone.Store(now)
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			okCount.Add(1)
+		}()
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for written.Load() < int64(o.scaleWaiting) && failed.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	rss2 := settledRSS(caddy.pid())
+	// One more request must find the queue full: all of them are waiting.
+	probe, _ := http.NewRequest("GET", "http://"+waitSite+"/tiny", nil)
+	status, _ := fetch(client, probe)
+	queued := "yes (one more request got 503: the queue holds its limit)"
+	if status != http.StatusServiceUnavailable {
+		queued = fmt.Sprintf("NO: one more request got status %d, not 503", status)
+	}
+	_, hwm, _ := memory(caddy.pid())
+	t.add(fmt.Sprintf("Caddy RSS with %s idle connections and %s waiting requests", count(o.scaleIdle), count(o.scaleWaiting)),
+		fmt.Sprintf("**%s MiB** (%.1f KiB per waiting request); peak so far %s MiB", mib(rss2), float64(rss2-rss1)/1024/float64(o.scaleWaiting), mib(hwm)))
+	t.add("all requests waiting at once", queued)
+
+	// Work through the backlog with the slots.
+	t0 := time.Now()
+	slots, err := e.serve("scale-slots", "--hub", hub, "--pool", "wait", "--token", benchToken, "--slots", fmt.Sprint(o.scaleSlots))
+	if err != nil {
+		return nil, err
+	}
+	defer slots.stop(30 * time.Second)
+	connected := time.Since(t0)
+	wg.Wait()
+	drain := time.Duration(lastDone.Load() - firstDone.Load())
+	t.add(fmt.Sprintf("%s slots connected", count(o.scaleSlots)), fmt.Sprintf("in %v", connected.Round(time.Millisecond)))
+	t.add(fmt.Sprintf("backlog of %s served", count(o.scaleWaiting)), fmt.Sprintf("%s ok, %s failed; first to last response %v: **%.0f jobs/s**",
+		count(int(okCount.Load())), count(int(failed.Load())), drain.Round(time.Millisecond), float64(okCount.Load())/drain.Seconds()))
+	if v := firstErr.Load(); v != nil {
+		t.notes = append(t.notes, fmt.Sprintf("first failure: %v", v))
+	}
+
+	d := 5 * time.Second
+	if o.quick {
+		d = time.Second
+	}
+	r := closedLoop("http://"+waitSite+"/tiny", o.scaleSlots, d)
+	l := sorted(r.lat)
+	t.add(fmt.Sprintf("tiny jobs, %d clients (HTTP/1.1) on %s slots, %v", o.scaleSlots, count(o.scaleSlots), d),
+		fmt.Sprintf("**%.0f req/s**, p50 %s ms, p99 %s ms, %s errors", r.rate(), ms(percentile(l, 50)), ms(percentile(l, 99)), count(r.errors)))
+	if r.firstErr != nil {
+		t.notes = append(t.notes, fmt.Sprintf("closed loop: first error: %v", r.firstErr))
+	}
+	_, hwm, _ = memory(caddy.pid())
+	t.add("Caddy peak RSS over the scenario", mib(hwm)+" MiB")
+	return []*table{t}, nil
+}
+
+// settledRSS waits until a process's RSS stops growing (two readings 300 ms
+// apart within 1%), for up to 30 s, and returns it.
+func settledRSS(pid int) int64 {
+	prev, _, _ := memory(pid)
+	for range 100 {
+		time.Sleep(300 * time.Millisecond)
+		cur, _, _ := memory(pid)
+		if cur <= prev+prev/100 {
+			return cur
+		}
+		prev = cur
+	}
+	return prev
+}
+
