@@ -164,16 +164,24 @@ func (p *Pool) put(c *workerConn) {
 }
 
 // add takes a freshly handshaken worker connection into the pool and starts
-// watching it.
+// watching it. br is the reader the handshake used; add takes it over.
 func (p *Pool) add(conn net.Conn, br *bufio.Reader, worker string) {
 	c := &workerConn{
 		pool:     p,
 		conn:     conn,
-		br:       br,
-		bw:       bufio.NewWriterSize(conn, 4096),
 		worker:   worker,
 		readable: make(chan error, 1),
 		resume:   make(chan bool, 1),
+	}
+	c.src.conn = conn
+	if n := br.Buffered(); n > 0 {
+		// The worker spoke before it was asked: the watcher sees these
+		// bytes at once.
+		b, _ := br.Peek(n)
+		c.src.pending = append([]byte(nil), b...)
+	}
+	if br.Size() == readerSize {
+		putReader(br)
 	}
 	p.mu.Lock()
 	if p.draining {
@@ -193,6 +201,7 @@ func (p *Pool) add(conn net.Conn, br *bufio.Reader, worker string) {
 // and that did not ask to close carries the next job.
 func (p *Pool) release(c *workerConn, reuse bool) {
 	if reuse {
+		c.detachReader()
 		p.put(c)
 		c.wake()
 		return
@@ -283,11 +292,16 @@ const (
 
 // workerConn is one connection a worker holds to a pool: one slot.
 type workerConn struct {
-	pool   *Pool
-	conn   net.Conn
+	pool *Pool
+	conn net.Conn
+	// br reads responses. It is attached when a response begins and goes
+	// back to a shared pool when the job ends, so that an idle connection
+	// holds no read buffer: with thousands of idle workers that is most
+	// of their memory. The job holding the connection owns br; the
+	// watcher looks at it only once the job has woken it.
 	br     *bufio.Reader
-	bw     *bufio.Writer
-	worker string // name the worker gave in its handshake
+	src    connSource // what br reads from
+	worker string     // name the worker gave in its handshake
 
 	// Guarded by pool.mu.
 	state      connState
@@ -320,9 +334,18 @@ func (c *workerConn) close() {
 // watch waits for the connection to become readable, so that a worker that
 // hangs up while idle leaves the pool at once, and so that a job learns
 // whether any byte of a response arrived before the connection failed.
+// Without a reader attached it waits for one byte, which the reader
+// attached next reads first.
 func (c *workerConn) watch() {
 	for {
-		_, err := c.br.Peek(1)
+		var err error
+		if len(c.src.pending) == 0 && (c.br == nil || c.br.Buffered() == 0) {
+			var n int
+			n, err = c.conn.Read(c.src.one[:])
+			if n > 0 {
+				c.src.pending, err = c.src.one[:n], nil
+			}
+		}
 		if c.pool.dropIdle(c, err) {
 			return
 		}
@@ -331,6 +354,54 @@ func (c *workerConn) watch() {
 			return
 		}
 	}
+}
+
+// reader returns c's response reader, attaching one if need be. Only the
+// job holding c calls it, after the watcher said a response begins.
+func (c *workerConn) reader() *bufio.Reader {
+	if c.br == nil {
+		c.br = readers.Get().(*bufio.Reader)
+		c.br.Reset(&c.src)
+	}
+	return c.br
+}
+
+// detachReader gives c's reader back at the end of a job, unless it holds
+// bytes the worker sent beyond its response (the watcher then finds them
+// and, on an idle connection, drops it).
+func (c *workerConn) detachReader() {
+	if c.br != nil && c.br.Buffered() == 0 {
+		putReader(c.br)
+		c.br = nil
+	}
+}
+
+// readers are the response readers of connections running jobs.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readerSize) }}
+
+const readerSize = 4096
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readers.Put(br)
+}
+
+// connSource is what a connection's response reader reads: first the bytes
+// the watcher read while it waited for the response to begin, then the
+// connection.
+type connSource struct {
+	conn    net.Conn
+	pending []byte
+	one     [1]byte
+}
+
+func (s *connSource) Read(p []byte) (int, error) {
+	if len(s.pending) > 0 {
+		n := copy(p, s.pending)
+		s.pending = s.pending[n:]
+		return n, nil
+	}
+	return s.conn.Read(p)
 }
 
 // connList is an intrusive FIFO of connections; p.mu guards it.

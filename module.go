@@ -399,13 +399,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		extra.Add(zap.String("request_id", id))
 	}
 
-	j := &job{pool: h.pool, queueTimeout: time.Duration(h.QueueTimeout), w: w}
-	if j.queueTimeout == 0 {
+	queueTimeout := time.Duration(h.QueueTimeout)
+	if queueTimeout == 0 {
 		h.pool.mu.Lock()
-		j.queueTimeout = h.pool.queueTimeout
+		queueTimeout = h.pool.queueTimeout
 		h.pool.mu.Unlock()
 	}
-	h.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), jobCtxKey{}, j)))
+	j := &job{pool: h.pool, deadline: time.Now().Add(queueTimeout), w: w}
+	// Wait for a worker here, before the proxy copies the request: a
+	// waiting request then holds as little memory as it can, a shallower
+	// goroutine stack included, which counts with thousands waiting.
+	j.conn, j.err = h.pool.acquire(r.Context(), j.deadline, false)
+	if j.err == nil {
+		h.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), jobCtxKey{}, j)))
+		if j.conn != nil {
+			// The proxy gave up before its transport ran; nothing was
+			// written to the connection.
+			h.pool.put(j.conn)
+			j.conn = nil
+		}
+	}
 	if j.err == nil {
 		return nil
 	}

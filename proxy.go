@@ -1,6 +1,7 @@
 package reversehttp
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -28,10 +29,13 @@ type jobCtxKey struct{}
 
 // job is what the handler and the transport share about one request.
 type job struct {
-	pool         *Pool
-	queueTimeout time.Duration
-	w            http.ResponseWriter
-	err          error // the error that ended the request before a response, if any
+	pool     *Pool
+	deadline time.Time // when waiting in the queue gives up
+	w        http.ResponseWriter
+	err      error // the error that ended the request before a response, if any
+	// conn is the connection the handler took from the pool before the
+	// proxy ran: the transport's first attempt uses it.
+	conn *workerConn
 }
 
 // transport is the http.RoundTripper behind the handler's ReverseProxy: it
@@ -50,12 +54,15 @@ func (transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	} else {
 		req.Header.Del("Expect")
 	}
-	deadline := time.Now().Add(j.queueTimeout)
 	head := false
 	for {
-		c, err := j.pool.acquire(ctx, deadline, head)
-		if err != nil {
-			return nil, err
+		c := j.conn
+		j.conn = nil
+		if c == nil {
+			var err error
+			if c, err = j.pool.acquire(ctx, j.deadline, head); err != nil {
+				return nil, err
+			}
 		}
 		resp, err := c.roundTrip(req)
 		if err != errReplay {
@@ -79,18 +86,10 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 		out.Body = g
 		wrote = make(chan error, 1)
 		go func() {
-			err := out.Write(c.bw)
-			if err == nil {
-				err = c.bw.Flush()
-			}
-			wrote <- err
+			wrote <- writeRequest(&out, c.conn)
 		}()
 	} else {
-		err := req.Write(c.bw)
-		if err == nil {
-			err = c.bw.Flush()
-		}
-		if err != nil {
+		if err := writeRequest(req, c.conn); err != nil {
 			// The worker is gone; whether it left before or after reading
 			// the request, it answered nothing: the watcher tells below.
 			c.close()
@@ -147,7 +146,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 			return fail(fmt.Errorf("worker connection closed before a response: %w", err))
 		}
 		first = false
-		resp, err := http.ReadResponse(c.br, req)
+		resp, err := http.ReadResponse(c.reader(), req)
 		if err != nil {
 			return fail(fmt.Errorf("reading worker response: %w", err))
 		}
@@ -192,6 +191,23 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body = &jobBody{c: c, body: resp.Body, resp: resp, gate: g, wrote: wrote, stop: stop}
 		return resp, nil
 	}
+}
+
+// writers buffer requests on their way to workers. They are taken per
+// job, not per connection, so that idle connections hold no buffer.
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+
+// writeRequest writes req's head and body to w.
+func writeRequest(req *http.Request, w io.Writer) error {
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(w)
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	writers.Put(bw)
+	return err
 }
 
 // replayable reports whether a request whose connection failed before any

@@ -187,7 +187,10 @@ func (wl *workerListener) handshake(conn net.Conn) {
 		}
 		conn = tc
 	}
-	br := bufio.NewReaderSize(conn, 4096)
+	// A handshake is a few hundred bytes: a small reader keeps thousands of
+	// workers dialling in at once from costing much (longer lines still
+	// parse). The pool copies out anything left in it and lets it go.
+	br := bufio.NewReaderSize(conn, 1024)
 	if wl.bare != nil {
 		_ = conn.SetDeadline(time.Time{})
 		wl.bare.pool.add(conn, br, "")

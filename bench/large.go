@@ -88,12 +88,12 @@ http://%s {
 	want := fmt.Sprintf("%d %s", o.largeBytes, hex.EncodeToString(h.Sum(nil)))
 
 	type system struct {
-		name, base  string
-		viaCaddy    bool
-		up, down    time.Duration
-		upRSS       int64 // largest peak RSS growth over a transfer
-		downRSS     int64
-		failures    []string
+		name, base string
+		viaCaddy   bool
+		up, down   time.Duration
+		upRSS      int64 // largest peak RSS growth over a transfer
+		downRSS    int64
+		failures   []string
 	}
 	systems := []*system{
 		{name: "direct to the app", base: "http://" + app},

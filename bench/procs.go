@@ -3,9 +3,12 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +23,7 @@ type env struct {
 	caddy  string // Caddy built with the plugin
 	worker string // the reverse-http-worker binary
 	self   string // this program, re-run for the "serve" role
+	admin  string // the admin address of the Caddy started last
 	dir    string // scratch directory for configs and logs
 	seq    int
 }
@@ -219,12 +223,19 @@ func waitListening(p *proc, addrs ...string) error {
 	return nil
 }
 
-// startCaddy runs Caddy with a Caddyfile and waits for the addresses.
+// startCaddy runs Caddy with a Caddyfile and waits for the addresses. Its
+// admin endpoint, on a loopback port, serves /debug/vars and /debug/pprof/
+// for the memory figures and profiles.
 func (e *env) startCaddy(name, caddyfile string, addrs ...string) (*proc, error) {
 	e.seq++
 	path := filepath.Join(e.dir, fmt.Sprintf("%03d-%s.Caddyfile", e.seq, name))
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	e.admin = fmt.Sprintf("127.0.0.1:%d", port)
 	global := fmt.Sprintf(`{
-	admin off
+	admin %s
 	storage file_system %s
 	skip_install_trust
 	auto_https off
@@ -232,7 +243,7 @@ func (e *env) startCaddy(name, caddyfile string, addrs ...string) (*proc, error)
 		level ERROR
 	}
 	grace_period 2s
-`, filepath.Join(e.dir, "caddy-storage"))
+`, e.admin, filepath.Join(e.dir, "caddy-storage"))
 	if err := os.WriteFile(path, []byte(global+caddyfile), 0o644); err != nil {
 		return nil, err
 	}
@@ -240,11 +251,47 @@ func (e *env) startCaddy(name, caddyfile string, addrs ...string) (*proc, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := waitListening(p, addrs...); err != nil {
+	if err := waitListening(p, append(addrs, e.admin)...); err != nil {
 		p.kill()
 		return nil, err
 	}
 	return p, nil
+}
+
+// goMemory is what Caddy's Go runtime says of its memory.
+type goMemory struct {
+	HeapInuse, StackInuse, Sys uint64
+	NumGC                      uint32
+}
+
+// caddyMemory reads the memory statistics of the Caddy started last.
+func (e *env) caddyMemory() (goMemory, error) {
+	var v struct{ Memstats goMemory }
+	resp, err := http.Get("http://" + e.admin + "/debug/vars")
+	if err != nil {
+		return v.Memstats, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&v)
+	return v.Memstats, err
+}
+
+// saveProfile saves one of the pprof profiles of the Caddy started last
+// (e.g. "heap") to path.
+func (e *env) saveProfile(kind, path string) error {
+	resp, err := http.Get("http://" + e.admin + "/debug/pprof/" + kind)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("pprof %s: status %d", kind, resp.StatusCode)
+	}
+	return os.WriteFile(path, b, 0o644)
 }
 
 // startHAProxy runs HAProxy in the foreground with a config.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptrace"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,6 +77,9 @@ http://%[5]s {
 	rss1 := settledRSS(caddy.pid())
 	t.add(fmt.Sprintf("Caddy RSS with %s idle worker connections", count(o.scaleIdle)), fmt.Sprintf("%s MiB (%.1f KiB per connection)",
 		mib(rss1), float64(rss1-rss0)/1024/float64(o.scaleIdle)))
+	if m, err := e.caddyMemory(); err == nil {
+		t.add("of which Go heap in use / goroutine stacks", fmt.Sprintf("%s / %s MiB", mib(int64(m.HeapInuse)), mib(int64(m.StackInuse))))
+	}
 
 	// The waiting requests.
 	h2c := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 1000}
@@ -87,6 +91,14 @@ http://%[5]s {
 	var firstDone, lastDone atomic.Int64
 	var wg sync.WaitGroup
 	for i := range o.scaleWaiting {
+		// Send them in steps, so that the client fills its connections
+		// instead of dialling a new one for every request while the
+		// first ones are still being set up.
+		if i%100 == 0 {
+			for written.Load() < int64(i) && failed.Load() == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -121,6 +133,13 @@ http://%[5]s {
 	t.add(fmt.Sprintf("Caddy RSS with %s idle connections and %s waiting requests", count(o.scaleIdle), count(o.scaleWaiting)),
 		fmt.Sprintf("**%s MiB** (%.1f KiB per waiting request); peak so far %s MiB", mib(rss2), float64(rss2-rss1)/1024/float64(o.scaleWaiting), mib(hwm)))
 	t.add("all requests waiting at once", queued)
+	if m, err := e.caddyMemory(); err == nil {
+		t.add("of which Go heap in use / goroutine stacks", fmt.Sprintf("%s / %s MiB", mib(int64(m.HeapInuse)), mib(int64(m.StackInuse))))
+	}
+	if err := e.saveProfile("heap?gc=1", filepath.Join(o.out, "scale-heap.pprof")); err != nil {
+		t.notes = append(t.notes, "heap profile: "+err.Error())
+	}
+	e.saveProfile("goroutine", filepath.Join(o.out, "scale-goroutine.pprof"))
 
 	// Work through the backlog with the slots.
 	t0 := time.Now()
@@ -169,4 +188,3 @@ func settledRSS(pid int) int64 {
 	}
 	return prev
 }
-

@@ -337,4 +337,3 @@ func statusText(m map[int]int) string {
 	}
 	return strings.Join(parts, ", ")
 }
-
