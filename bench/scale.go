@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptrace"
@@ -171,7 +172,94 @@ http://%[5]s {
 	}
 	_, hwm, _ = memory(caddy.pid())
 	t.add("Caddy peak RSS over the scenario", mib(hwm)+" MiB")
+	caddy.stop(10 * time.Second)
+	idle.stop(30 * time.Second)
+	slots.stop(30 * time.Second)
+
+	// For scale: what reverse_proxy needs to hold as many requests open,
+	// each waiting on a backend that takes its time.
+	perWaiting := float64(rss2-rss1) / float64(o.scaleWaiting)
+	rpRSS0, rpRSS, err := proxyHolding(e, o)
+	if err != nil {
+		t.notes = append(t.notes, "reverse_proxy comparison: "+err.Error())
+	} else {
+		perProxied := float64(rpRSS-rpRSS0) / float64(o.scaleWaiting)
+		t.add(fmt.Sprintf("for scale: Caddy `reverse_proxy` holding %s requests open to a slow backend", count(o.scaleWaiting)),
+			fmt.Sprintf("%s MiB (%.1f KiB per request); a waiting request in `reverse_http` costs %s of that",
+				mib(rpRSS), perProxied/1024, ratio(perWaiting, perProxied)))
+	}
 	return []*table{t}, nil
+}
+
+// proxyHolding starts a Caddy whose reverse_proxy sends o.scaleWaiting
+// requests (HTTP/2 without TLS, as above) to a backend that sits on them,
+// and returns Caddy's RSS before and with all of them open.
+func proxyHolding(e *env, o *options) (before, holding int64, err error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return 0, 0, err
+	}
+	backend := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	site := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	be, err := e.serve("scale-slow-backend", "--listen", backend)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer be.stop(30 * time.Second)
+	caddy, err := e.startCaddy("scale-rp-caddy", fmt.Sprintf(`
+	servers {
+		protocols h1 h2c
+	}
+}
+
+http://%s {
+	bind 127.0.0.1
+	reverse_proxy %s
+}
+`, site, backend), site)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer caddy.stop(10 * time.Second)
+	time.Sleep(500 * time.Millisecond)
+	before, _, err = memory(caddy.pid())
+	if err != nil {
+		return 0, 0, err
+	}
+	h2c := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 1000}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: h2c}
+	defer h2c.CloseIdleConnections()
+	ctx, cancel := context.WithCancel(context.Background())
+	var written, failed atomic.Int64
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	for i := range o.scaleWaiting {
+		if i%100 == 0 {
+			for written.Load() < int64(i) && failed.Load() == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { written.Add(1) }}
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), "GET",
+				fmt.Sprintf("http://%s/job?ms=600000&n=%d", site, i), nil)
+			if _, err := fetch(client, req); err != nil && ctx.Err() == nil {
+				failed.Add(1)
+			}
+		}()
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for written.Load() < int64(o.scaleWaiting) && failed.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if failed.Load() > 0 {
+		return 0, 0, fmt.Errorf("%d requests failed", failed.Load())
+	}
+	holding = settledRSS(caddy.pid())
+	return before, holding, nil
 }
 
 // settledRSS waits until a process's RSS stops growing (two readings 300 ms
