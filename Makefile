@@ -75,7 +75,7 @@ bench: build bin/bench
 	@if ! command -v haproxy >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
 	fi
-	ulimit -n "$$(ulimit -Hn)" && ./bin/bench -caddy bin/caddy -worker bin/reverse-http-worker -out bench/results $(BENCH_FLAGS)
+	ulimit -n "$$(ulimit -Hn)" && ./bin/bench -caddy bin/caddy -worker bin/reverse-http-worker -out bench/results -readme README.md $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin

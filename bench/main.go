@@ -55,6 +55,7 @@ func main() {
 	out := flag.String("out", "results", "`DIR` for RESULTS.md and latency.png")
 	only := flag.String("only", "tiny,sched,large,scale", "comma-separated `SCENARIOS` to run")
 	quick := flag.Bool("quick", false, "short runs, to check the harness (figures are not meaningful)")
+	readme := flag.String("readme", "", "`FILE` (README.md) whose table between the bench markers is replaced with the results; not with -quick")
 	flag.Parse()
 
 	o := &options{
@@ -71,13 +72,13 @@ func main() {
 		o.scaleIdle, o.scaleWaiting, o.scaleSlots = 500, 500, 100
 	}
 	o.out = *out
-	if err := run(o, *caddyBin, *workerBin, *out, strings.Split(*only, ",")); err != nil {
+	if err := run(o, *caddyBin, *workerBin, *out, *readme, strings.Split(*only, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(o *options, caddyBin, workerBin, out string, only []string) error {
+func run(o *options, caddyBin, workerBin, out, readme string, only []string) error {
 	raiseFileLimit()
 	self, err := os.Executable()
 	if err != nil {
@@ -103,7 +104,7 @@ func run(o *options, caddyBin, workerBin, out string, only []string) error {
 	}
 	started := time.Now()
 	var report strings.Builder
-	fmt.Fprintf(&report, "## Benchmark results\n\n%s\n\n", machine(caddyBin))
+	fmt.Fprintf(&report, "%s\n\n", machine(caddyBin))
 	if o.quick {
 		report.WriteString("**Quick run (-quick): runs too short for the figures to mean anything.**\n\n")
 	}
@@ -135,11 +136,37 @@ func run(o *options, caddyBin, workerBin, out string, only []string) error {
 	}
 	fmt.Fprintf(&report, "Whole run: %v.\n", time.Since(started).Round(time.Second))
 	path := filepath.Join(out, "RESULTS.md")
-	if err := os.WriteFile(path, []byte(report.String()), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte("# Benchmark results\n\n"+report.String()), 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "bench: wrote %s in %v\n", path, time.Since(started).Round(time.Second))
+	if readme != "" && !o.quick && len(only) == 4 {
+		if err := updateReadme(readme, report.String()); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "bench: updated the results in %s\n", readme)
+	}
 	return nil
+}
+
+const (
+	beginMarker = "<!-- bench results: begin (make bench writes this part) -->"
+	endMarker   = "<!-- bench results: end -->"
+)
+
+// updateReadme replaces the part of path between the markers with results.
+func updateReadme(path, results string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(b)
+	i, j := strings.Index(s, beginMarker), strings.Index(s, endMarker)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s: no bench result markers", path)
+	}
+	s = s[:i+len(beginMarker)] + "\n\n" + results + "\n" + s[j:]
+	return os.WriteFile(path, []byte(s), 0o644)
 }
 
 // machine describes what the figures were measured on.

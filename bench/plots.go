@@ -20,7 +20,7 @@ func plotVariant(o *options, v schedVariant, outcomes []schedOutcome) error {
 		XTicks: []plot.Tick{{At: 0, Label: "0"}, {At: 1, Label: "90"}, {At: 2, Label: "99"}, {At: 3, Label: "99.9"}},
 	}
 	for _, oc := range outcomes {
-		c.Series = append(c.Series, percentileCurve(plainName(oc.name), oc.sojourn))
+		c.Series = append(c.Series, percentileCurve(oc.short, oc.sojourn))
 	}
 	paths := []string{filepath.Join(o.out, "latency-"+v.key+".png")}
 	if v.key == "90" {
@@ -45,15 +45,4 @@ func percentileCurve(name string, sorted []time.Duration) plot.Series {
 		s.Y = append(s.Y, float64(d)/float64(time.Millisecond))
 	}
 	return s
-}
-
-// plainName drops Markdown backticks for the plot's legend.
-func plainName(s string) string {
-	out := make([]rune, 0, len(s))
-	for _, r := range s {
-		if r != '`' {
-			out = append(out, r)
-		}
-	}
-	return string(out)
 }

@@ -26,7 +26,8 @@ type schedVariant struct {
 
 // schedSystem is one way of putting a queue in front of the workers.
 type schedSystem struct {
-	name string
+	name  string
+	short string // for the plot's legend
 	base string // where the generator sends jobs
 	// Join and leave: the static systems cannot add the new worker; the
 	// leaving worker is told to leave either way.
@@ -35,6 +36,8 @@ type schedSystem struct {
 
 type schedOutcome struct {
 	name    string
+	short   string
+	late    time.Duration // how late the generator sent a job, at worst
 	sojourn []time.Duration // sorted
 	errors  int
 	status  map[int]int
@@ -209,15 +212,15 @@ backend workers
 	}()
 
 	systems := []schedSystem{
-		{name: "`reverse_http`", base: "http://" + rhSite, dynamic: true},
+		{name: "`reverse_http`", short: "reverse_http", base: "http://" + rhSite, dynamic: true},
 	}
 	if ha != nil {
-		systems = append(systems, schedSystem{name: "HAProxy `leastconn`, `maxconn 1` per server", base: "http://" + haSite})
+		systems = append(systems, schedSystem{name: "HAProxy `leastconn`, `maxconn 1` per server", short: "HAProxy maxconn 1", base: "http://" + haSite})
 	}
 	systems = append(systems,
-		schedSystem{name: "`reverse_proxy` `round_robin`", base: "http://" + rrSite},
-		schedSystem{name: "`reverse_proxy` `least_conn`", base: "http://" + lcSite},
-		schedSystem{name: "`reverse_proxy` `least_conn`, `unhealthy_request_count 1`, `lb_try_duration`", base: "http://" + lcmSite},
+		schedSystem{name: "`reverse_proxy` `round_robin`", short: "reverse_proxy round_robin", base: "http://" + rrSite},
+		schedSystem{name: "`reverse_proxy` `least_conn`", short: "reverse_proxy least_conn", base: "http://" + lcSite},
+		schedSystem{name: "`reverse_proxy` `least_conn`, `unhealthy_request_count 1`, `lb_try_duration`", short: "reverse_proxy least_conn, 1 per upstream", base: "http://" + lcmSite},
 	)
 
 	// The ideal: the same trace through a perfect FCFS queue.
@@ -230,7 +233,7 @@ backend workers
 		servers[workers-1].till = leaveAt
 		servers = append(servers, server{speed: 1, from: joinAt})
 	}
-	outcomes := []schedOutcome{{name: "ideal FCFS queue (computed)", sojourn: sorted(idealFCFS(jobs, servers)), ideal: true}}
+	outcomes := []schedOutcome{{name: "ideal FCFS queue (computed)", short: "ideal FCFS queue", sojourn: sorted(idealFCFS(jobs, servers)), ideal: true}}
 
 	for _, s := range systems {
 		var events []timedEvent
@@ -252,7 +255,7 @@ backend workers
 			}
 		}
 		r := openLoop(s.base, jobs, events)
-		outcomes = append(outcomes, schedOutcome{name: s.name, sojourn: sorted(r.sojourn), errors: r.errors, status: r.status})
+		outcomes = append(outcomes, schedOutcome{name: s.name, short: s.short, sojourn: sorted(r.sojourn), errors: r.errors, status: r.status, late: r.late})
 		if v.joinLeave {
 			// Put things back as they were for the next system.
 			if s.dynamic {
@@ -287,6 +290,12 @@ backend workers
 	if haNote != "" {
 		t.notes = append(t.notes, haNote)
 	}
+	var late time.Duration
+	for _, oc := range outcomes {
+		late = max(late, oc.late)
+	}
+	t.notes = append(t.notes, fmt.Sprintf("The generator sent every job within %s ms of its scheduled arrival. "+
+		"reverse_proxy's `lb_try_interval` is 5 ms (its default, 250 ms, would poll far more slowly).", ms(late)))
 	ideal := outcomes[0]
 	var haP99 time.Duration
 	for _, oc := range outcomes {
