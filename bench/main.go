@@ -24,8 +24,9 @@ import (
 )
 
 type options struct {
-	quick bool
-	out   string
+	quick   bool
+	out     string
+	profile bool // CPU profiles of Caddy during the reverse_http runs
 
 	conc       int
 	tinyWarm   time.Duration
@@ -55,6 +56,7 @@ func main() {
 	out := flag.String("out", "results", "`DIR` for RESULTS.md and latency.png")
 	only := flag.String("only", "tiny,sched,large,scale", "comma-separated `SCENARIOS` to run")
 	quick := flag.Bool("quick", false, "short runs, to check the harness (figures are not meaningful)")
+	profile := flag.Bool("profile", false, "save Caddy's CPU profile during scenario 1's (b) and (c) runs in the -out directory")
 	readme := flag.String("readme", "", "`FILE` (README.md) whose table between the bench markers is replaced with the results; not with -quick")
 	flag.Parse()
 
@@ -72,6 +74,7 @@ func main() {
 		o.scaleIdle, o.scaleWaiting, o.scaleSlots = 500, 500, 100
 	}
 	o.out = *out
+	o.profile = *profile
 	if err := run(o, *caddyBin, *workerBin, *out, *readme, strings.Split(*only, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)

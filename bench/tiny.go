@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"time"
 )
 
@@ -105,7 +106,20 @@ http://%[8]s {
 		for i := range systems {
 			// Rotate the order so no system always runs first.
 			s := systems[(i+round)%len(systems)]
+			var profiled chan error
+			if o.profile && round == 0 && (s.key == "b" || s.key == "c") {
+				profiled = make(chan error, 1)
+				go func() {
+					profiled <- e.saveProfile(fmt.Sprintf("profile?seconds=%d", max(1, int(o.tinyRun.Seconds())-1)),
+						filepath.Join(o.out, "tiny-"+s.key+"-cpu.pprof"))
+				}()
+			}
 			r := closedLoop(s.url, o.conc, o.tinyRun)
+			if profiled != nil {
+				if err := <-profiled; err != nil {
+					return nil, fmt.Errorf("profiling: %v", err)
+				}
+			}
 			s.res.requests += r.requests
 			s.res.errors += r.errors
 			if s.res.firstErr == nil {
