@@ -28,7 +28,7 @@ type schedVariant struct {
 type schedSystem struct {
 	name  string
 	short string // for the plot's legend
-	base string // where the generator sends jobs
+	base  string // where the generator sends jobs
 	// Join and leave: the static systems cannot add the new worker; the
 	// leaving worker is told to leave either way.
 	dynamic bool
@@ -37,7 +37,7 @@ type schedSystem struct {
 type schedOutcome struct {
 	name    string
 	short   string
-	late    time.Duration // how late the generator sent a job, at worst
+	late    time.Duration   // how late the generator sent a job, at worst
 	sojourn []time.Duration // sorted
 	errors  int
 	status  map[int]int
