@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,19 +26,25 @@ func newClient(conns int) *http.Client {
 
 // fetch runs one request and reads the body to its end.
 func fetch(c *http.Client, req *http.Request) (int, error) {
+	status, _, err := fetchHeader(c, req)
+	return status, err
+}
+
+// fetchHeader is fetch that also returns the response's header.
+func fetchHeader(c *http.Client, req *http.Request) (int, http.Header, error) {
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		return resp.StatusCode, err
+		return resp.StatusCode, resp.Header, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return resp.StatusCode, fmt.Errorf("status %d", resp.StatusCode)
+		return resp.StatusCode, resp.Header, fmt.Errorf("status %d", resp.StatusCode)
 	}
-	return resp.StatusCode, nil
+	return resp.StatusCode, resp.Header, nil
 }
 
 // closedResult is what a closed-loop run measured.
@@ -104,6 +111,9 @@ func closedLoop(url string, conc int, d time.Duration) closedResult {
 type traceJob struct {
 	at time.Duration
 	ms float64
+	// overrun is how much longer than ms × speed the job took when it
+	// ran: zero in a drawn trace, measured in a replayed one.
+	overrun time.Duration
 }
 
 // makeTrace draws n jobs with Poisson arrivals at rate per second; 90% of
@@ -130,6 +140,7 @@ func meanMS(shortMS, longMS float64) float64 { return 0.9*shortMS + 0.1*longMS }
 // from its scheduled arrival to the end of its response.
 type openResult struct {
 	sojourn []time.Duration // of the jobs that succeeded, in trace order
+	overrun []time.Duration // per job of the trace, as its worker measured it
 	errors  int
 	status  map[int]int // failed jobs by status (0: transport error)
 	late    time.Duration
@@ -145,6 +156,7 @@ func openLoop(base string, jobs []traceJob, events []timedEvent) openResult {
 	res := openResult{status: map[int]int{}}
 	soj := make([]time.Duration, len(jobs))
 	ok := make([]bool, len(jobs))
+	res.overrun = make([]time.Duration, len(jobs))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	var maxLate atomic.Int64
@@ -170,7 +182,10 @@ func openLoop(base string, jobs []traceJob, events []timedEvent) openResult {
 			defer wg.Done()
 			req, _ := http.NewRequestWithContext(context.Background(), "GET",
 				fmt.Sprintf("%s/job?ms=%g&n=%d", base, j.ms, i), nil)
-			status, err := fetch(c, req)
+			status, h, err := fetchHeader(c, req)
+			if us, perr := strconv.ParseInt(h.Get(overrunHeader), 10, 64); perr == nil {
+				res.overrun[i] = time.Duration(us) * time.Microsecond
+			}
 			if err != nil {
 				mu.Lock()
 				res.errors++
@@ -244,7 +259,7 @@ func idealFCFS(jobs []traceJob, servers []server) []time.Duration {
 				best, bestStart = k, start
 			}
 		}
-		d := time.Duration(j.ms * servers[best].speed * float64(time.Millisecond))
+		d := time.Duration(j.ms*servers[best].speed*float64(time.Millisecond)) + j.overrun
 		free[best] = bestStart + d
 		out[i] = bestStart + d - j.at
 	}

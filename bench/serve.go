@@ -115,6 +115,9 @@ func serveMain(args []string) error {
 	}
 }
 
+// overrunHeader carries, in µs, how much longer a /job took than asked.
+const overrunHeader = "Bench-Overrun-Us"
+
 type benchApp struct {
 	speed  float64
 	serial *fifoLock
@@ -153,13 +156,18 @@ func (a *benchApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			defer a.serial.unlock()
 		}
-		t := time.NewTimer(time.Duration(ms * a.speed * float64(time.Millisecond)))
+		want := time.Duration(ms * a.speed * float64(time.Millisecond))
+		start := time.Now()
+		t := time.NewTimer(want)
 		select {
 		case <-t.C:
 		case <-r.Context().Done():
 			t.Stop()
 			return
 		}
+		// How much longer than asked the job took (the timer's lateness
+		// on a busy machine), for the ideal queue on measured times.
+		w.Header().Set(overrunHeader, strconv.FormatInt(int64(time.Since(start)-want)/1000, 10))
 		io.WriteString(w, "done\n")
 	case "/upload":
 		h := sha256.New()
