@@ -91,7 +91,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 	} else {
 		if err := writeRequest(req, c.conn); err != nil {
 			// The worker is gone; whether it left before or after reading
-			// the request, it answered nothing: the watcher tells below.
+			// the request, it answered nothing: awaitResponse tells below.
 			c.close()
 		}
 	}
@@ -130,7 +130,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 
 	first := true
 	for {
-		if err := <-c.readable; err != nil {
+		if err := c.awaitResponse(); err != nil {
 			if first && ctx.Err() == nil && !timedOut.Load() && replayable(req, g) {
 				if g != nil {
 					g.abort()
