@@ -158,13 +158,16 @@ func (p *Pool) put(c *workerConn) {
 	}
 	idle, arm := false, false
 	if w := p.waiting.popFront(); w != nil {
+		// Straight to the next job: a registration its last job quieted
+		// stays so.
 		p.markBusy(c)
 		w.ch <- c
 	} else {
 		c.state = connIdle
 		p.idle.pushBack(c)
 		idle = true
-		arm, c.disarmed = c.disarmed, false
+		arm = c.quiet || c.reported
+		c.quiet, c.reported = false, false
 	}
 	p.mu.Unlock()
 	if idle && c.polled {
@@ -335,11 +338,9 @@ type workerConn struct {
 	// Guarded by pool.mu.
 	state      connState
 	prev, next *workerConn
-	// disarmed says that the poller reported c while a job held it,
-	// which disarmed its registration: put arms it again. A connection
-	// that went back idle without the poller reporting it (no byte
-	// arrived) is still armed, and costs no system call.
-	disarmed bool
+	// reported says that the poller reported c while it was busy, which
+	// used up its registration: put arms it again when c goes idle.
+	reported bool
 
 	// polled says that a poller shared by all connections watches c while
 	// it is idle (see pollIdle), so that an idle connection holds no
@@ -348,6 +349,11 @@ type workerConn struct {
 	// throughout (see watch). Set before c is first handed out.
 	polled bool
 	poll   pollState
+	// quiet says that c's registration is disarmed because a job ran on
+	// c (see quietIdle): put arms it again when c goes idle, and until
+	// then the jobs c carries cost the poller nothing. Like br, it
+	// belongs to whoever holds c.
+	quiet bool
 
 	// Without a poller, the watcher tells the job holding the connection
 	// that a response begins (nil) or that the connection failed; the job

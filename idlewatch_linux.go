@@ -16,12 +16,17 @@ import (
 // Idle connections are watched by one epoll instance for the whole process
 // instead of a goroutine each: with ten thousand idle workers their parked
 // goroutines' stacks were a third of the hub's memory. A connection is
-// registered once, when it joins its pool, with EPOLLONESHOT, and armed
-// again each time it becomes idle. Readiness while a job holds the
-// connection (its response arriving) disarms the registration and is
-// ignored; the job reads its response itself. Readiness while the
-// connection is idle means the worker hung up or talked out of turn, as
-// before: the connection leaves the pool at once.
+// registered once, when it joins its pool, with EPOLLONESHOT. A job that
+// runs on the connection disarms the registration before it writes its
+// request, and reads its response itself; put arms the registration again
+// when the connection goes idle, but not when it goes straight to the next
+// job. (Leaving the registration armed during jobs would cost no system
+// call, but the response would wake the poller's goroutine for every job,
+// which under load costs far more.) Readiness while the connection is idle
+// means the worker hung up or talked out of turn, as before: the
+// connection leaves the pool at once. Readiness reported while a job holds
+// the connection (a late arm can cause it) is ignored and used up: put arms
+// the registration again.
 //
 // The registration is level-triggered, so that a FIN or stray bytes that
 // arrived while the connection was busy, and that nobody has read when it
@@ -46,9 +51,14 @@ type pollState struct {
 	tls bool            // c.conn is TLS over raw
 	// ev is the connection's registration: its slot and the slot's
 	// generation. It does not change once set, so arming needs no lock.
-	ev  unix.EpollEvent
-	arm func(fd uintptr)
+	ev     unix.EpollEvent
+	arm    func(fd uintptr)
+	disarm func(fd uintptr)
 }
+
+// quietEvents disarm a registration: with nothing but EPOLLONESHOT in its
+// mask, not even EPOLLHUP or EPOLLERR are reported.
+var quietEvents = unix.EpollEvent{Events: unix.EPOLLONESHOT}
 
 // poller is the process's idle-connection poller. Its goroutine runs only
 // while it watches a connection, so that a process (or a test) with no
@@ -128,6 +138,9 @@ func (c *workerConn) pollIdle() bool {
 		// the RawConn runs this; an error would mean it is closing.
 		_ = unix.EpollCtl(poller.epfd, unix.EPOLL_CTL_MOD, int(fd), &c.poll.ev)
 	}
+	c.poll.disarm = func(fd uintptr) {
+		_ = unix.EpollCtl(poller.epfd, unix.EPOLL_CTL_MOD, int(fd), &quietEvents)
+	}
 
 	poller.mu.Lock()
 	var slot int32
@@ -166,10 +179,21 @@ func (c *workerConn) pollIdle() bool {
 }
 
 // armIdle asks the poller to report c once it is readable. put calls it
-// each time c becomes idle. Arming is idempotent, so it may run late, when
-// c is busy again or closed: the poller then ignores what it reports.
+// when c becomes idle after a job quieted c or the poller reported it.
+// Arming may run late, when c is busy again or closed: the poller then
+// ignores what it reports.
 func (c *workerConn) armIdle() {
 	_ = c.poll.raw.Control(c.poll.arm)
+}
+
+// quietIdle disarms c's registration, unless it is already, for a job that
+// is about to run on c. Only the job holding c calls it.
+func (c *workerConn) quietIdle() {
+	if !c.polled || c.quiet {
+		return
+	}
+	c.quiet = true
+	_ = c.poll.raw.Control(c.poll.disarm)
 }
 
 // unpoll takes c out of the poller before its connection closes.
@@ -247,7 +271,7 @@ func (p *Pool) checkIdle(c *workerConn) {
 	if c.state != connIdle {
 		// A job holds c and reads its response, or c is gone. The
 		// report used up the registration: put arms it again.
-		c.disarmed = true
+		c.reported = true
 		p.mu.Unlock()
 		return
 	}

@@ -12,7 +12,9 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
+	"net/http"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -378,5 +380,53 @@ func TestIdleWatchStaleReport(t *testing.T) {
 		t.Fatalf("a stale report dropped a healthy connection: %+v", s)
 	}
 	w.Close()
+	waitFor(t, "the hung-up connection to leave", func() bool { return p.Stats().Idle == 0 })
+}
+
+// TestIdleWatchJobsBackToBack runs jobs from several goroutines over one
+// connection, so that it goes from job to job without being idle (its
+// registration stays quiet) as well as through the idle set, and checks
+// that it is watched once it is idle for good.
+func TestIdleWatchJobsBackToBack(t *testing.T) {
+	p := testPool(100)
+	w := workerSide(t, p)
+	done := serveCanned(w)
+	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
+	requirePolled(t, p)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 25 {
+				roundTripCanned(t, p)
+			}
+		})
+	}
+	wg.Wait()
+	if s := p.Stats(); s.Idle != 1 || s.Busy != 0 {
+		t.Fatalf("after the jobs: %+v", s)
+	}
+	w.Close()
+	<-done
+	waitFor(t, "the hung-up connection to leave", func() bool { return p.Stats().Idle == 0 })
+}
+
+// TestIdleWatchHangupRightAfterResponse has the worker hang up as soon as
+// it has sent a response that keeps the connection open: the FIN arrives
+// while the job still holds the connection, and the connection must leave
+// the pool as soon as the job gives it back.
+func TestIdleWatchHangupRightAfterResponse(t *testing.T) {
+	p := testPool(10)
+	w := workerSide(t, p)
+	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
+	requirePolled(t, p)
+	go func() {
+		br := bufio.NewReader(w)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		w.Write([]byte(cannedResponse))
+		w.Close()
+	}()
+	roundTripCanned(t, p)
 	waitFor(t, "the hung-up connection to leave", func() bool { return p.Stats().Idle == 0 })
 }

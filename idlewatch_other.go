@@ -9,7 +9,9 @@ type pollState struct{}
 // pollIdle reports that no poller can watch c.
 func (c *workerConn) pollIdle() bool { return false }
 
-// armIdle and unpoll are called only for polled connections.
+// armIdle, quietIdle and unpoll have nothing to do without a poller.
 func (c *workerConn) armIdle() {}
+
+func (c *workerConn) quietIdle() {}
 
 func (c *workerConn) unpoll() {}

@@ -77,6 +77,8 @@ func (transport) RoundTrip(req *http.Request) (*http.Response, error) {
 func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 	p := c.pool
 	ctx := req.Context()
+	// The job reads its response itself: the idle poller need not hear of it.
+	c.quietIdle()
 
 	var g *bodyGate
 	var wrote chan error
