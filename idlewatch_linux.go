@@ -4,12 +4,14 @@ package reversehttp
 
 import (
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"syscall"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -283,28 +285,53 @@ func (p *Pool) checkIdle(c *workerConn) {
 		c.armIdle()
 		return
 	}
-	p.forget(c)
 	logger := p.logger
-	p.mu.Unlock()
 	if n > 0 && c.poll.tls {
-		// The bytes may be the worker's close_notify, a hang-up rather
-		// than chatter: let TLS say which, as the watcher would have,
-		// in a goroutine of its own while the poller goes on.
-		go func() {
-			_ = c.conn.SetReadDeadline(time.Now().Add(time.Second))
-			var one [1]byte
-			_, err := c.conn.Read(one[:])
-			c.close()
-			p.logDropped(logger, c, err)
-		}()
+		// The bytes may be a TLS record that carries no data: the
+		// worker's close_notify before it hangs up, or a key update on a
+		// connection that stays. Let TLS say which, as the watcher
+		// would have, in a goroutine of its own while the poller goes
+		// on. Meanwhile c counts as busy, so that no job takes it.
+		p.idle.remove(c)
+		p.markBusy(c)
+		c.reported = true // put arms it again if it stays
+		p.mu.Unlock()
+		go p.checkTLS(c, logger)
 		return
 	}
+	p.forget(c)
+	p.mu.Unlock()
 	c.close()
 	if n == 0 && err == nil {
 		err = io.EOF
 	}
 	p.logDropped(logger, c, err)
 }
+
+// checkTLS reads what a worker sent on its idle TLS connection c, which
+// checkIdle set aside as busy. Data or an error (end of file after a
+// close_notify included) drop c; a record without data puts it back.
+func (p *Pool) checkTLS(c *workerConn, logger *zap.Logger) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(tlsCheckTimeout))
+	n, err := c.conn.Read(c.src.one[:])
+	_ = c.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	if n == 0 && (err == nil || errors.As(err, &ne) && ne.Timeout()) {
+		// No data came, and TLS saw no end: the connection stays, as it
+		// did with a watcher blocked in Read. (A record cut short stays
+		// in the TLS connection's buffer, to be read by the next job.)
+		p.put(c)
+		return
+	}
+	p.release(c, false)
+	if n > 0 {
+		err = nil
+	}
+	p.logDropped(logger, c, err)
+}
+
+// tlsCheckTimeout bounds how long checkTLS waits for a TLS record to end.
+const tlsCheckTimeout = time.Second
 
 // peek reports what c's socket holds without taking it: n > 0 for bytes,
 // 0 with a nil error at end of file, or the socket's error (EAGAIN when it

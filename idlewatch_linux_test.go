@@ -280,43 +280,8 @@ func fdOf(t *testing.T, conn net.Conn) int {
 // worker hangs up (with a close_notify first, which the poller sees as
 // bytes).
 func TestIdleWatchTLS(t *testing.T) {
-	cert := selfSigned(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	wc := make(chan net.Conn, 1)
-	go func() {
-		raw, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			wc <- nil
-			return
-		}
-		w := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
-		if err := w.Handshake(); err != nil {
-			raw.Close()
-			wc <- nil
-			return
-		}
-		wc <- w
-	}()
-	raw, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := tls.Server(raw, &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err := h.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	w := <-wc
-	if w == nil {
-		t.Fatal("the worker's TLS handshake failed")
-	}
-	t.Cleanup(func() { w.Close(); h.Close() })
-
 	p := testPool(10)
-	p.add(h, bufio.NewReader(h), "tls")
+	w, _ := tlsWorker(t, p)
 	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
 	requirePolled(t, p)
 	done := serveCanned(w)
@@ -329,7 +294,67 @@ func TestIdleWatchTLS(t *testing.T) {
 	}
 	w.Close()
 	<-done
+	waitFor(t, "the hung-up TLS connection to leave", func() bool { s := p.Stats(); return s.Idle == 0 && s.Busy == 0 })
+
+	// A worker that talks out of turn leaves too.
+	w, _ = tlsWorker(t, p)
+	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
+	w.Write([]byte("HTTP/1.1 200 OK\r\n\r\n"))
+	waitFor(t, "the misbehaving TLS connection to leave", func() bool { s := p.Stats(); return s.Idle == 0 && s.Busy == 0 })
+	w.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := w.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the hub should have closed the connection")
+	}
+}
+
+// TestIdleWatchTLSNoData checks that bytes on an idle TLS connection that
+// make no data (here, the start of a record that never ends) do not drop
+// it, as they did not when a goroutine watched it: TLS is asked, and the
+// connection goes back to the pool, watched again.
+func TestIdleWatchTLSNoData(t *testing.T) {
+	p := testPool(10)
+	_, raw := tlsWorker(t, p)
+	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
+	requirePolled(t, p)
+	raw.Write([]byte{23}) // the first byte of an application data record
+	waitFor(t, "the connection to be set aside", func() bool { return p.Stats().Busy == 1 })
+	waitFor(t, "the connection to come back", func() bool { s := p.Stats(); return s.Idle == 1 && s.Busy == 0 })
+	raw.Close()
 	waitFor(t, "the hung-up TLS connection to leave", func() bool { return p.Stats().Idle == 0 })
+}
+
+// tlsWorker connects a TLS connection to p as a worker would and returns
+// the worker's end and the TCP connection under it.
+func tlsWorker(t *testing.T, p *Pool) (*tls.Conn, net.Conn) {
+	t.Helper()
+	cert := selfSigned(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	hraw, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
+	h := tls.Server(hraw, &tls.Config{Certificates: []tls.Certificate{cert}})
+	errc := make(chan error, 1)
+	go func() { errc <- w.Handshake() }()
+	if err := h.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close(); p.drain(); h.Close() })
+	p.add(h, bufio.NewReader(h), "tls")
+	return w, raw
 }
 
 // selfSigned returns a throwaway certificate for 127.0.0.1.
