@@ -26,9 +26,10 @@ import (
 // call, but the response would wake the poller's goroutine for every job,
 // which under load costs far more.) Readiness while the connection is idle
 // means the worker hung up or talked out of turn, as before: the
-// connection leaves the pool at once. Readiness reported while a job holds
-// the connection (a late arm can cause it) is ignored and used up: put arms
-// the registration again.
+// connection leaves the pool at once. Readiness reported while the
+// connection is busy (a late arm, or a hang-up while a request holds the
+// connection without a job running on it yet, can cause it) is ignored and
+// used up: put arms the registration again.
 //
 // The registration is level-triggered, so that a FIN or stray bytes that
 // arrived while the connection was busy, and that nobody has read when it
