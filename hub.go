@@ -143,6 +143,9 @@ func (p *Pool) markBusy(c *workerConn) {
 // put makes c available: it goes to the oldest waiting request, or joins
 // the idle set when nobody waits.
 func (p *Pool) put(c *workerConn) {
+	// Whether the worker already sent bytes nobody asked for. Only the
+	// goroutine handing c over may look, so it looks before it does.
+	early := c.polled && c.buffered()
 	p.mu.Lock()
 	if c.state == connBusy {
 		p.busy--
@@ -153,30 +156,45 @@ func (p *Pool) put(c *workerConn) {
 		c.close()
 		return
 	}
+	idle, arm := false, false
 	if w := p.waiting.popFront(); w != nil {
+		// Straight to the next job: a registration its last job quieted
+		// stays so.
 		p.markBusy(c)
 		w.ch <- c
 	} else {
 		c.state = connIdle
 		p.idle.pushBack(c)
+		idle = true
+		arm = c.quiet || c.reported
+		c.quiet, c.reported = false, false
 	}
 	p.mu.Unlock()
+	if idle && c.polled {
+		// An idle connection that is readable leaves the pool at once, as
+		// a watcher goroutine would have it do. Arming after the state
+		// changed matters: a readiness the poller reports while c is busy
+		// is ignored, and so must be reported again.
+		if early {
+			p.dropIdle(c, nil)
+		} else if arm {
+			c.armIdle()
+		}
+	}
 }
 
 // add takes a freshly handshaken worker connection into the pool and starts
 // watching it. br is the reader the handshake used; add takes it over.
 func (p *Pool) add(conn net.Conn, br *bufio.Reader, worker string) {
 	c := &workerConn{
-		pool:     p,
-		conn:     conn,
-		worker:   worker,
-		readable: make(chan error, 1),
-		resume:   make(chan bool, 1),
+		pool:   p,
+		conn:   conn,
+		worker: worker,
 	}
 	c.src.conn = conn
 	if n := br.Buffered(); n > 0 {
-		// The worker spoke before it was asked: the watcher sees these
-		// bytes at once.
+		// The worker spoke before it was asked: put (or the watcher)
+		// sees these bytes at once.
 		b, _ := br.Peek(n)
 		c.src.pending = append([]byte(nil), b...)
 	}
@@ -193,7 +211,12 @@ func (p *Pool) add(conn net.Conn, br *bufio.Reader, worker string) {
 	c.state = connBusy // put moves it to idle or hands it out
 	p.busy++
 	p.mu.Unlock()
-	go c.watch()
+	if !c.pollIdle() {
+		// No poller can watch this connection: a goroutine does.
+		c.readable = make(chan error, 1)
+		c.resume = make(chan bool, 1)
+		go c.watch()
+	}
 	p.put(c)
 }
 
@@ -213,9 +236,11 @@ func (p *Pool) release(c *workerConn, reuse bool) {
 	p.forget(c)
 	p.mu.Unlock()
 	c.close()
-	select {
-	case c.resume <- false:
-	default:
+	if !c.polled {
+		select {
+		case c.resume <- false:
+		default:
+		}
 	}
 }
 
@@ -242,6 +267,13 @@ func (p *Pool) dropIdle(c *workerConn, err error) bool {
 	logger := p.logger
 	p.mu.Unlock()
 	c.close()
+	p.logDropped(logger, c, err)
+	return true
+}
+
+// logDropped logs why an idle connection left the pool: the worker sent
+// data out of turn (err is nil) or the connection ended.
+func (p *Pool) logDropped(logger *zap.Logger, c *workerConn, err error) {
 	if err == nil {
 		logger.Warn("worker sent data on an idle connection; closed it",
 			zap.String("pool", p.name), zap.String("remote", c.remote()), zap.String("worker", c.worker))
@@ -249,7 +281,6 @@ func (p *Pool) dropIdle(c *workerConn, err error) bool {
 		logger.Debug("idle worker connection closed",
 			zap.String("pool", p.name), zap.String("remote", c.remote()), zap.String("worker", c.worker), zap.Error(err))
 	}
-	return true
 }
 
 // drain stops the pool taking requests: waiting requests get errPoolClosed
@@ -298,7 +329,8 @@ type workerConn struct {
 	// back to a shared pool when the job ends, so that an idle connection
 	// holds no read buffer: with thousands of idle workers that is most
 	// of their memory. The job holding the connection owns br; the
-	// watcher looks at it only once the job has woken it.
+	// watcher looks at it only once the job has woken it, and put only
+	// before it hands the connection on.
 	br     *bufio.Reader
 	src    connSource // what br reads from
 	worker string     // name the worker gave in its handshake
@@ -306,10 +338,27 @@ type workerConn struct {
 	// Guarded by pool.mu.
 	state      connState
 	prev, next *workerConn
+	// reported says that the poller reported c while it was busy, which
+	// used up its registration: put arms it again when c goes idle.
+	reported bool
 
-	// The watcher tells the job holding the connection that a response
-	// begins (nil) or that the connection failed; the job tells the
-	// watcher whether to keep watching once it has read its response.
+	// polled says that a poller shared by all connections watches c while
+	// it is idle (see pollIdle), so that an idle connection holds no
+	// goroutine, and that the job holding c reads the start of its
+	// response itself. Otherwise a goroutine of c's own watches it
+	// throughout (see watch). Set before c is first handed out.
+	polled bool
+	poll   pollState
+	// quiet says that c's registration is disarmed because a job ran on
+	// c (see quietIdle): put arms it again when c goes idle, and until
+	// then the jobs c carries cost the poller nothing. Like br, it
+	// belongs to whoever holds c.
+	quiet bool
+
+	// Without a poller, the watcher tells the job holding the connection
+	// that a response begins (nil) or that the connection failed; the job
+	// tells the watcher whether to keep watching once it has read its
+	// response.
 	readable chan error
 	resume   chan bool
 
@@ -317,29 +366,63 @@ type workerConn struct {
 }
 
 // wake lets the watcher look for the next response once a job has read its
-// response head (or a 1xx) from the connection.
+// response head (or a 1xx) from the connection. A polled connection has no
+// watcher to wake: its job reads on.
 func (c *workerConn) wake() {
+	if c.polled {
+		return
+	}
 	select {
 	case c.resume <- true:
 	default:
 	}
 }
 
+// awaitResponse waits until the worker sends the first byte of a response
+// (nil) or the connection fails. Only the job holding c calls it. Without a
+// reader attached it reads one byte, which the reader attached next reads
+// first, so that a job waiting for a slow worker holds no read buffer.
+func (c *workerConn) awaitResponse() error {
+	if !c.polled {
+		return <-c.readable
+	}
+	if c.buffered() {
+		return nil
+	}
+	n, err := c.conn.Read(c.src.one[:])
+	if n > 0 {
+		c.src.pending, err = c.src.one[:n], nil
+	}
+	return err
+}
+
+// buffered reports whether bytes the worker sent wait in c's buffers, read
+// from the connection but not yet by a job.
+func (c *workerConn) buffered() bool {
+	return len(c.src.pending) > 0 || (c.br != nil && c.br.Buffered() > 0)
+}
+
 func (c *workerConn) remote() string { return c.conn.RemoteAddr().String() }
 
 func (c *workerConn) close() {
-	c.closeOnce.Do(func() { c.conn.Close() })
+	c.closeOnce.Do(func() {
+		// The poller lets go of the connection before it closes, while
+		// its descriptor cannot yet belong to another connection.
+		c.unpoll()
+		c.conn.Close()
+	})
 }
 
-// watch waits for the connection to become readable, so that a worker that
-// hangs up while idle leaves the pool at once, and so that a job learns
+// watch watches a connection no poller can (see pollIdle). It waits for
+// the connection to become readable, so that a worker that hangs up while
+// idle leaves the pool at once, and so that a job learns
 // whether any byte of a response arrived before the connection failed.
 // Without a reader attached it waits for one byte, which the reader
 // attached next reads first.
 func (c *workerConn) watch() {
 	for {
 		var err error
-		if len(c.src.pending) == 0 && (c.br == nil || c.br.Buffered() == 0) {
+		if !c.buffered() {
 			var n int
 			n, err = c.conn.Read(c.src.one[:])
 			if n > 0 {
@@ -357,7 +440,7 @@ func (c *workerConn) watch() {
 }
 
 // reader returns c's response reader, attaching one if need be. Only the
-// job holding c calls it, after the watcher said a response begins.
+// job holding c calls it, after awaitResponse said a response begins.
 func (c *workerConn) reader() *bufio.Reader {
 	if c.br == nil {
 		c.br = readers.Get().(*bufio.Reader)
@@ -367,8 +450,8 @@ func (c *workerConn) reader() *bufio.Reader {
 }
 
 // detachReader gives c's reader back at the end of a job, unless it holds
-// bytes the worker sent beyond its response (the watcher then finds them
-// and, on an idle connection, drops it).
+// bytes the worker sent beyond its response (put or the watcher then finds
+// them and, on an idle connection, drops it).
 func (c *workerConn) detachReader() {
 	if c.br != nil && c.br.Buffered() == 0 {
 		putReader(c.br)
@@ -387,8 +470,8 @@ func putReader(br *bufio.Reader) {
 }
 
 // connSource is what a connection's response reader reads: first the bytes
-// the watcher read while it waited for the response to begin, then the
-// connection.
+// awaitResponse (or the watcher) read while it waited for the response to
+// begin, then the connection.
 type connSource struct {
 	conn    net.Conn
 	pending []byte

@@ -361,3 +361,40 @@ func BenchmarkRoundTripLoopback(b *testing.B) {
 		run(b, tr, req)
 	})
 }
+
+// BenchmarkRoundTripParallel runs whole jobs as BenchmarkRoundTripLoopback
+// does, from eight goroutines at once over eight worker connections, so
+// that the CPU the hub spends per job, not the latency of one exchange,
+// sets the pace: work that runs beside the job (another goroutine or
+// thread woken per job) shows here.
+func BenchmarkRoundTripParallel(b *testing.B) {
+	checkGoroutines(b)
+	p := benchPool(b, 0)
+	workers := benchWorkers(b, p, 8)
+	for _, w := range workers {
+		done := serveCanned(w)
+		b.Cleanup(func() { w.Close(); <-done })
+	}
+	b.ReportAllocs()
+	b.SetParallelism(4)
+	b.RunParallel(func(pb *testing.PB) {
+		reqCtx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		ctx := context.WithValue(reqCtx, jobCtxKey{}, &job{pool: p, deadline: time.Now().Add(time.Hour)})
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://worker/ping", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for pb.Next() {
+			resp, err := transport{}.RoundTrip(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, err := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil || n != 2 || resp.StatusCode != http.StatusOK {
+				b.Fatalf("status %d, %d body bytes, error %v", resp.StatusCode, n, err)
+			}
+		}
+	})
+}

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,7 +32,9 @@ func workerSide(t *testing.T, p *Pool) net.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { w.Close(); h.Close() })
+	// The pool closes its end, as it would in use: closing it underneath
+	// the pool would leave it registered with the poller (see pollIdle).
+	t.Cleanup(func() { w.Close(); p.drain(); h.Close() })
 	p.add(h, bufio.NewReader(h), "test")
 	return w
 }
@@ -260,4 +264,79 @@ func TestPoolDrain(t *testing.T) {
 	if _, err := w.Read(make([]byte, 1)); err == nil {
 		t.Fatal("a draining pool should close new worker connections")
 	}
+}
+
+// roundTripCanned runs one bodiless job through the transport on p, whose
+// worker answers with serveCanned. It may run in any goroutine.
+func roundTripCanned(t *testing.T, p *Pool) {
+	t.Helper()
+	ctx := context.WithValue(t.Context(), jobCtxKey{}, &job{pool: p, deadline: far()})
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://worker/ping", nil)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	resp, err := transport{}.RoundTrip(req)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || string(body) != "ok" {
+		t.Errorf("status %d, body %q, error %v", resp.StatusCode, body, err)
+	}
+}
+
+// TestPoolEarlyBytesLeavePool checks that a worker that speaks right after
+// its handshake, before it was asked anything, is dropped at once.
+func TestPoolEarlyBytesLeavePool(t *testing.T) {
+	p := testPool(10)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	h, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	w.Write([]byte("GET /jobs HTTP/1.1\r\nHost: hub\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"))
+	br := bufio.NewReader(h)
+	if _, err := http.ReadRequest(br); err != nil { // the handshake
+		t.Fatal(err)
+	}
+	p.add(h, br, "early")
+	waitFor(t, "the connection to leave", func() bool { s := p.Stats(); return s.Idle == 0 && s.Busy == 0 })
+	w.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := w.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the hub should have closed the connection")
+	}
+}
+
+// TestPoolUnpollableConnection checks a connection that no poller can
+// watch (not a socket): a goroutine watches it, it serves jobs, and it
+// leaves the pool when its worker hangs up while it is idle.
+func TestPoolUnpollableConnection(t *testing.T) {
+	p := testPool(10)
+	h, w := net.Pipe()
+	t.Cleanup(func() { w.Close(); h.Close() })
+	p.add(h, bufio.NewReader(h), "pipe")
+	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
+	done := serveCanned(w)
+	for range 5 {
+		roundTripCanned(t, p)
+	}
+	if s := p.Stats(); s.Idle != 1 {
+		t.Fatalf("after the jobs: %+v", s)
+	}
+	w.Close()
+	<-done
+	waitFor(t, "the hung-up connection to leave", func() bool { return p.Stats().Idle == 0 })
 }

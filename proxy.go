@@ -77,6 +77,8 @@ func (transport) RoundTrip(req *http.Request) (*http.Response, error) {
 func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 	p := c.pool
 	ctx := req.Context()
+	// The job reads its response itself: the idle poller need not hear of it.
+	c.quietIdle()
 
 	var g *bodyGate
 	var wrote chan error
@@ -91,7 +93,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 	} else {
 		if err := writeRequest(req, c.conn); err != nil {
 			// The worker is gone; whether it left before or after reading
-			// the request, it answered nothing: the watcher tells below.
+			// the request, it answered nothing: awaitResponse tells below.
 			c.close()
 		}
 	}
@@ -130,7 +132,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 
 	first := true
 	for {
-		if err := <-c.readable; err != nil {
+		if err := c.awaitResponse(); err != nil {
 			if first && ctx.Err() == nil && !timedOut.Load() && replayable(req, g) {
 				if g != nil {
 					g.abort()

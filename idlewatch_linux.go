@@ -1,0 +1,353 @@
+//go:build linux
+
+package reversehttp
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Idle connections are watched by one epoll instance for the whole process
+// instead of a goroutine each: with ten thousand idle workers their parked
+// goroutines' stacks were a third of the hub's memory. A connection is
+// registered once, when it joins its pool, with EPOLLONESHOT. A job that
+// runs on the connection disarms the registration before it writes its
+// request, and reads its response itself; put arms the registration again
+// when the connection goes idle, but not when it goes straight to the next
+// job. (Leaving the registration armed during jobs would cost no system
+// call, but the response would wake the poller's goroutine for every job,
+// which under load costs far more.) Readiness while the connection is idle
+// means the worker hung up or talked out of turn, as before: the
+// connection leaves the pool at once. Readiness reported while the
+// connection is busy (a late arm, or a hang-up while a request holds the
+// connection without a job running on it yet, can cause it) is ignored and
+// used up: put arms the registration again.
+//
+// The registration is level-triggered, so that a FIN or stray bytes that
+// arrived while the connection was busy, and that nobody has read when it
+// becomes idle, are reported as soon as it is armed. Events name a slot in
+// the poller's table, never a descriptor, and the poller touches a
+// descriptor only through the connection's syscall.RawConn, which keeps it
+// from closing meanwhile: a descriptor number freed by one connection and
+// reused by the next cannot be mistaken for the old one. Whatever an event
+// says, the poller believes only the socket itself, peeked at while the
+// pool's lock shows the connection idle: a stale event costs a look.
+
+// idleEvents is what an idle connection's registration waits for. EPOLLHUP
+// and EPOLLERR are always reported.
+const idleEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+
+// wakeSlot marks the poller's own eventfd in event data.
+const wakeSlot = -1
+
+// pollState is what the poller knows of one connection.
+type pollState struct {
+	raw syscall.RawConn // the socket under c.conn
+	tls bool            // c.conn is TLS over raw
+	// ev is the connection's registration: its slot and the slot's
+	// generation. It does not change once set, so arming needs no lock.
+	ev     unix.EpollEvent
+	arm    func(fd uintptr)
+	disarm func(fd uintptr)
+}
+
+// quietEvents disarm a registration: with nothing but EPOLLONESHOT in its
+// mask, not even EPOLLHUP or EPOLLERR are reported.
+var quietEvents = unix.EpollEvent{Events: unix.EPOLLONESHOT}
+
+// poller is the process's idle-connection poller. Its goroutine runs only
+// while it watches a connection, so that a process (or a test) with no
+// worker connections has none.
+var poller struct {
+	initOnce sync.Once
+	epfd     int
+	wakefd   int // an eventfd that wakes the goroutine to see if it may end
+	ok       bool
+
+	mu      sync.Mutex
+	slots   []*workerConn // by slot; nil where free
+	gens    []uint32      // each slot's generation, bumped when it is freed
+	free    []int32
+	n       int // connections registered
+	running bool
+}
+
+func pollerInit() bool {
+	poller.initOnce.Do(func() {
+		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			return
+		}
+		wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			unix.Close(epfd)
+			return
+		}
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeSlot}
+		if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+			unix.Close(wakefd)
+			unix.Close(epfd)
+			return
+		}
+		poller.epfd, poller.wakefd, poller.ok = epfd, wakefd, true
+	})
+	return poller.ok
+}
+
+// socketOf returns the socket under conn and whether conn is TLS over it.
+// Only connections whose every buffered byte the pool can see qualify: a
+// plain TCP or Unix connection, or crypto/tls over one (a TLS connection
+// buffers only what a worker sends out of turn).
+func socketOf(conn net.Conn) (syscall.RawConn, bool) {
+	wrapped := false
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn, wrapped = tc.NetConn(), true
+	}
+	var sc syscall.Conn
+	switch conn := conn.(type) {
+	case *net.TCPConn:
+		sc = conn
+	case *net.UnixConn:
+		sc = conn
+	default:
+		return nil, false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, false
+	}
+	return raw, wrapped
+}
+
+// pollIdle registers c with the poller, which then watches it whenever it
+// is idle. It reports false if c cannot be polled; a goroutine must then
+// watch it. It is called once, before c is first handed out.
+func (c *workerConn) pollIdle() bool {
+	raw, wrapped := socketOf(c.conn)
+	if raw == nil || !pollerInit() {
+		return false
+	}
+	c.poll.raw, c.poll.tls = raw, wrapped
+	c.poll.arm = func(fd uintptr) {
+		// The registration exists until c closes, and c is open while
+		// the RawConn runs this; an error would mean it is closing.
+		_ = unix.EpollCtl(poller.epfd, unix.EPOLL_CTL_MOD, int(fd), &c.poll.ev)
+	}
+	c.poll.disarm = func(fd uintptr) {
+		_ = unix.EpollCtl(poller.epfd, unix.EPOLL_CTL_MOD, int(fd), &quietEvents)
+	}
+
+	poller.mu.Lock()
+	var slot int32
+	if k := len(poller.free); k > 0 {
+		slot = poller.free[k-1]
+		poller.free = poller.free[:k-1]
+	} else {
+		slot = int32(len(poller.slots))
+		poller.slots = append(poller.slots, nil)
+		poller.gens = append(poller.gens, 0)
+	}
+	poller.slots[slot] = c
+	c.poll.ev = unix.EpollEvent{Events: idleEvents, Fd: slot, Pad: int32(poller.gens[slot])}
+	poller.n++
+	if !poller.running {
+		poller.running = true
+		go pollLoop()
+	}
+	poller.mu.Unlock()
+
+	// Registered armed: an event before c is idle is ignored, and put
+	// arms it again when it is.
+	var err error
+	if cerr := raw.Control(func(fd uintptr) {
+		err = unix.EpollCtl(poller.epfd, unix.EPOLL_CTL_ADD, int(fd), &c.poll.ev)
+	}); cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		freeSlot(slot)
+		c.poll = pollState{}
+		return false
+	}
+	c.polled = true
+	return true
+}
+
+// armIdle asks the poller to report c once it is readable. put calls it
+// when c becomes idle after a job quieted c or the poller reported it.
+// Arming may run late, when c is busy again or closed: the poller then
+// ignores what it reports.
+func (c *workerConn) armIdle() {
+	_ = c.poll.raw.Control(c.poll.arm)
+}
+
+// quietIdle disarms c's registration, unless it is already, for a job that
+// is about to run on c. Only the job holding c calls it.
+func (c *workerConn) quietIdle() {
+	if !c.polled || c.quiet {
+		return
+	}
+	c.quiet = true
+	_ = c.poll.raw.Control(c.poll.disarm)
+}
+
+// unpoll takes c out of the poller before its connection closes.
+func (c *workerConn) unpoll() {
+	if !c.polled {
+		return
+	}
+	// This fails only if the connection was closed underneath the pool,
+	// which already ended the registration.
+	_ = c.poll.raw.Control(func(fd uintptr) {
+		_ = unix.EpollCtl(poller.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+	})
+	freeSlot(c.poll.ev.Fd)
+}
+
+func freeSlot(slot int32) {
+	poller.mu.Lock()
+	poller.slots[slot] = nil
+	poller.gens[slot]++
+	poller.free = append(poller.free, slot)
+	poller.n--
+	if poller.n == 0 {
+		// Let the goroutine end. It is running: it ends only when
+		// nothing is registered, under this lock.
+		var one = [8]byte{1}
+		_, _ = unix.Write(poller.wakefd, one[:])
+	}
+	poller.mu.Unlock()
+}
+
+// pollLoop waits for idle connections to become readable, and ends when
+// the poller watches none.
+func pollLoop() {
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(poller.epfd, events, -1)
+		if err != nil {
+			if err != unix.EINTR {
+				// Nothing the program does causes this; do not spin.
+				time.Sleep(10 * time.Millisecond)
+			}
+			continue
+		}
+		for _, ev := range events[:n] {
+			if ev.Fd == wakeSlot {
+				var buf [8]byte
+				_, _ = unix.Read(poller.wakefd, buf[:])
+				poller.mu.Lock()
+				if poller.n == 0 {
+					poller.running = false
+					poller.mu.Unlock()
+					return
+				}
+				poller.mu.Unlock()
+				continue
+			}
+			poller.mu.Lock()
+			var c *workerConn
+			if int(ev.Fd) < len(poller.slots) && poller.gens[ev.Fd] == uint32(ev.Pad) {
+				c = poller.slots[ev.Fd]
+			}
+			poller.mu.Unlock()
+			if c != nil {
+				c.pool.checkIdle(c)
+			}
+		}
+	}
+}
+
+// checkIdle looks at c after the poller reported it readable. An idle
+// connection with something to read (bytes, end of file or an error)
+// leaves the pool; otherwise the report was stale and c is armed again.
+func (p *Pool) checkIdle(c *workerConn) {
+	p.mu.Lock()
+	if c.state != connIdle {
+		// A job holds c and reads its response, or c is gone. The
+		// report used up the registration: put arms it again.
+		c.reported = true
+		p.mu.Unlock()
+		return
+	}
+	// While c is idle under the lock no job reads from it, so whatever
+	// the socket holds arrived out of turn.
+	n, err := c.peek()
+	if err == unix.EAGAIN {
+		p.mu.Unlock()
+		c.armIdle()
+		return
+	}
+	logger := p.logger
+	if n > 0 && c.poll.tls {
+		// The bytes may be a TLS record that carries no data: the
+		// worker's close_notify before it hangs up, or a key update on a
+		// connection that stays. Let TLS say which, as the watcher
+		// would have, in a goroutine of its own while the poller goes
+		// on. Meanwhile c counts as busy, so that no job takes it.
+		p.idle.remove(c)
+		p.markBusy(c)
+		c.reported = true // put arms it again if it stays
+		p.mu.Unlock()
+		go p.checkTLS(c, logger)
+		return
+	}
+	p.forget(c)
+	p.mu.Unlock()
+	c.close()
+	if n == 0 && err == nil {
+		err = io.EOF
+	}
+	p.logDropped(logger, c, err)
+}
+
+// checkTLS reads what a worker sent on its idle TLS connection c, which
+// checkIdle set aside as busy. Data or an error (end of file after a
+// close_notify included) drop c; a record without data puts it back.
+func (p *Pool) checkTLS(c *workerConn, logger *zap.Logger) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(tlsCheckTimeout))
+	n, err := c.conn.Read(c.src.one[:])
+	_ = c.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	if n == 0 && (err == nil || errors.As(err, &ne) && ne.Timeout()) {
+		// No data came, and TLS saw no end: the connection stays, as it
+		// did with a watcher blocked in Read. (A record cut short stays
+		// in the TLS connection's buffer, to be read by the next job.)
+		p.put(c)
+		return
+	}
+	p.release(c, false)
+	if n > 0 {
+		err = nil
+	}
+	p.logDropped(logger, c, err)
+}
+
+// tlsCheckTimeout bounds how long checkTLS waits for a TLS record to end.
+const tlsCheckTimeout = time.Second
+
+// peek reports what c's socket holds without taking it: n > 0 for bytes,
+// 0 with a nil error at end of file, or the socket's error (EAGAIN when it
+// holds nothing).
+func (c *workerConn) peek() (n int, err error) {
+	var buf [1]byte
+	if cerr := c.poll.raw.Control(func(fd uintptr) {
+		for {
+			n, _, err = unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if err != unix.EINTR {
+				return
+			}
+		}
+	}); cerr != nil {
+		return 0, cerr
+	}
+	return n, err
+}
