@@ -221,7 +221,7 @@ backend workers
 	systems = append(systems,
 		schedSystem{name: "`reverse_proxy` `round_robin`", short: "reverse_proxy round_robin", base: "http://" + rrSite},
 		schedSystem{name: "`reverse_proxy` `least_conn`", short: "reverse_proxy least_conn", base: "http://" + lcSite},
-		schedSystem{name: "`reverse_proxy` `least_conn`, `unhealthy_request_count 1`, `lb_try_duration`", short: "reverse_proxy least_conn, 1 per upstream", base: "http://" + lcmSite},
+		schedSystem{name: "`reverse_proxy` `least_conn`, `unhealthy_request_count 1`, `lb_try_duration`", short: "reverse_proxy lc, max 1", base: "http://" + lcmSite},
 	)
 
 	// The ideal: the same trace through a perfect FCFS queue.
