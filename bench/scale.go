@@ -83,49 +83,15 @@ http://%[5]s {
 	}
 
 	// The waiting requests.
-	h2c := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 1000}
-	h2c.Protocols.SetUnencryptedHTTP2(true)
-	client := &http.Client{Transport: h2c}
-	defer h2c.CloseIdleConnections()
-	var written, okCount, failed atomic.Int64
-	var firstErr atomic.Value
-	var firstDone, lastDone atomic.Int64
-	var wg sync.WaitGroup
-	for i := range o.scaleWaiting {
-		// Send them in steps, so that the client fills its connections
-		// instead of dialling a new one for every request while the
-		// first ones are still being set up.
-		if i%100 == 0 {
-			for written.Load() < int64(i) && failed.Load() == 0 {
-				time.Sleep(time.Millisecond)
-			}
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { written.Add(1) }}
-			req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/tiny?n=%d", waitSite, i), nil)
-			req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
-			_, err := fetch(client, req)
-			now := time.Now().UnixNano()
-			firstDone.CompareAndSwap(0, now)
-			lastDone.Store(now)
-			if err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-				return
-			}
-			okCount.Add(1)
-		}()
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for written.Load() < int64(o.scaleWaiting) && failed.Load() == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	ctx, cancel := context.WithCancel(context.Background())
+	held := holdRequests(ctx, o.scaleWaiting, func(i int) string {
+		return fmt.Sprintf("http://%s/tiny?n=%d", waitSite, i)
+	})
+	defer func() { cancel(); held.close() }()
 	rss2 := settledRSS(caddy.pid())
 	// One more request must find the queue full: all of them are waiting.
 	probe, _ := http.NewRequest("GET", "http://"+waitSite+"/tiny", nil)
-	status, _ := fetch(client, probe)
+	status, _ := fetch(held.client, probe)
 	queued := "yes (one more request got 503: the queue holds its limit)"
 	if status != http.StatusServiceUnavailable {
 		queued = fmt.Sprintf("NO: one more request got status %d, not 503", status)
@@ -150,12 +116,12 @@ http://%[5]s {
 	}
 	defer slots.stop(30 * time.Second)
 	connected := time.Since(t0)
-	wg.Wait()
-	drain := time.Duration(lastDone.Load() - firstDone.Load())
+	held.wg.Wait()
+	drain := time.Duration(held.lastDone.Load() - held.firstDone.Load())
 	t.add(fmt.Sprintf("%s slots connected", count(o.scaleSlots)), fmt.Sprintf("in %v", connected.Round(time.Millisecond)))
 	t.add(fmt.Sprintf("backlog of %s served", count(o.scaleWaiting)), fmt.Sprintf("%s ok, %s failed; first to last response %v: **%.0f jobs/s**",
-		count(int(okCount.Load())), count(int(failed.Load())), drain.Round(time.Millisecond), float64(okCount.Load())/drain.Seconds()))
-	if v := firstErr.Load(); v != nil {
+		count(int(held.ok.Load())), count(int(held.failed.Load())), drain.Round(time.Millisecond), float64(held.ok.Load())/drain.Seconds()))
+	if v := held.firstErr.Load(); v != nil {
 		t.notes = append(t.notes, fmt.Sprintf("first failure: %v", v))
 	}
 
@@ -226,37 +192,13 @@ http://%s {
 	if err != nil {
 		return 0, 0, err
 	}
-	h2c := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 1000}
-	h2c.Protocols.SetUnencryptedHTTP2(true)
-	client := &http.Client{Transport: h2c}
-	defer h2c.CloseIdleConnections()
 	ctx, cancel := context.WithCancel(context.Background())
-	var written, failed atomic.Int64
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	for i := range o.scaleWaiting {
-		if i%100 == 0 {
-			for written.Load() < int64(i) && failed.Load() == 0 {
-				time.Sleep(time.Millisecond)
-			}
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { written.Add(1) }}
-			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), "GET",
-				fmt.Sprintf("http://%s/job?ms=600000&n=%d", site, i), nil)
-			if _, err := fetch(client, req); err != nil && ctx.Err() == nil {
-				failed.Add(1)
-			}
-		}()
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for written.Load() < int64(o.scaleWaiting) && failed.Load() == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if failed.Load() > 0 {
-		return 0, 0, fmt.Errorf("%d requests failed", failed.Load())
+	held := holdRequests(ctx, o.scaleWaiting, func(i int) string {
+		return fmt.Sprintf("http://%s/job?ms=600000&n=%d", site, i)
+	})
+	defer func() { cancel(); held.close() }()
+	if n := held.failed.Load(); n > 0 {
+		return 0, 0, fmt.Errorf("%d requests failed: %v", n, held.firstErr.Load())
 	}
 	holding = settledRSS(caddy.pid())
 	return before, holding, nil
@@ -275,4 +217,67 @@ func settledRSS(pid int) int64 {
 		prev = cur
 	}
 	return prev
+}
+
+// heldRequests are many GETs sent at once over HTTP/2 without TLS (h2c),
+// so that they share a few connections: one process may hold only
+// fileLimit() descriptors.
+type heldRequests struct {
+	client              *http.Client
+	h2c                 *http.Transport
+	wg                  sync.WaitGroup
+	written, ok, failed atomic.Int64
+	firstErr            atomic.Value // string
+	// When the first and the last response ended, in Unix nanoseconds.
+	firstDone, lastDone atomic.Int64
+}
+
+// holdRequests sends n requests to url(i) and returns once all of them
+// are written (or one failed, or two minutes passed); they go on waiting
+// for their responses. A request that fails after ctx is done does not
+// count as failed.
+func holdRequests(ctx context.Context, n int, url func(i int) string) *heldRequests {
+	h := &heldRequests{h2c: &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 1000}}
+	h.h2c.Protocols.SetUnencryptedHTTP2(true)
+	h.client = &http.Client{Transport: h.h2c}
+	trace := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) { h.written.Add(1) },
+	})
+	for i := range n {
+		// Send them in steps, so that the client fills its connections
+		// instead of dialling a new one for every request while the
+		// first ones are still being set up.
+		if i%100 == 0 {
+			for h.written.Load() < int64(i) && h.failed.Load() == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			req, _ := http.NewRequestWithContext(trace, "GET", url(i), nil)
+			_, err := fetch(h.client, req)
+			now := time.Now().UnixNano()
+			h.firstDone.CompareAndSwap(0, now)
+			h.lastDone.Store(now)
+			switch {
+			case err == nil:
+				h.ok.Add(1)
+			case ctx.Err() == nil:
+				h.failed.Add(1)
+				h.firstErr.CompareAndSwap(nil, err.Error())
+			}
+		}()
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for h.written.Load() < int64(n) && h.failed.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return h
+}
+
+// close waits for the requests to end and closes the connections.
+func (h *heldRequests) close() {
+	h.wg.Wait()
+	h.h2c.CloseIdleConnections()
 }
