@@ -143,9 +143,6 @@ func (p *Pool) markBusy(c *workerConn) {
 // put makes c available: it goes to the oldest waiting request, or joins
 // the idle set when nobody waits.
 func (p *Pool) put(c *workerConn) {
-	// Whether the worker already sent bytes nobody asked for. Only the
-	// goroutine handing c over may look, so it looks before it does.
-	early := c.polled && c.buffered()
 	p.mu.Lock()
 	if c.state == connBusy {
 		p.busy--
@@ -156,51 +153,49 @@ func (p *Pool) put(c *workerConn) {
 		c.close()
 		return
 	}
-	idle, arm := false, false
 	if w := p.waiting.popFront(); w != nil {
 		// Straight to the next job: a registration its last job quieted
-		// stays so.
+		// stays so (the next job checks the socket, see spoiled).
 		p.markBusy(c)
 		w.ch <- c
-	} else {
-		c.state = connIdle
-		p.idle.pushBack(c)
-		idle = true
-		arm = c.quiet || c.reported
-		c.quiet, c.reported = false, false
+		p.mu.Unlock()
+		return
 	}
+	c.state = connIdle
+	p.idle.pushBack(c)
+	arm := c.quiet || c.reported
+	c.quiet, c.reported = false, false
 	p.mu.Unlock()
-	if idle && c.polled {
+	if arm {
 		// An idle connection that is readable leaves the pool at once, as
 		// a watcher goroutine would have it do. Arming after the state
 		// changed matters: a readiness the poller reports while c is busy
 		// is ignored, and so must be reported again.
-		if early {
-			p.dropIdle(c, nil)
-		} else if arm {
-			c.armIdle()
-		}
+		c.armIdle()
 	}
 }
 
 // add takes a freshly handshaken worker connection into the pool and starts
-// watching it. br is the reader the handshake used; add takes it over.
+// watching it. br is the reader the handshake used, if any: a worker that
+// sent bytes beyond its handshake, before it was asked anything, breaks
+// the protocol (those bytes would be taken for the first job's response),
+// and its connection is closed.
 func (p *Pool) add(conn net.Conn, br *bufio.Reader, worker string) {
+	if br != nil && br.Buffered() > 0 {
+		p.mu.Lock()
+		logger := p.logger
+		p.mu.Unlock()
+		logger.Warn("worker sent data before it was asked anything; closed it",
+			zap.String("pool", p.name), zap.String("remote", conn.RemoteAddr().String()), zap.String("worker", worker))
+		conn.Close()
+		return
+	}
 	c := &workerConn{
 		pool:   p,
 		conn:   conn,
 		worker: worker,
 	}
 	c.src.conn = conn
-	if n := br.Buffered(); n > 0 {
-		// The worker spoke before it was asked: put (or the watcher)
-		// sees these bytes at once.
-		b, _ := br.Peek(n)
-		c.src.pending = append([]byte(nil), b...)
-	}
-	if br.Size() == readerSize {
-		putReader(br)
-	}
 	p.mu.Lock()
 	if p.draining {
 		p.mu.Unlock()
@@ -211,19 +206,26 @@ func (p *Pool) add(conn net.Conn, br *bufio.Reader, worker string) {
 	c.state = connBusy // put moves it to idle or hands it out
 	p.busy++
 	p.mu.Unlock()
-	if !c.pollIdle() {
-		// No poller can watch this connection: a goroutine does.
+	polled := c.pollIdle()
+	if !polled {
+		// No poller can watch this connection: a goroutine does, from
+		// when put has made it idle or handed it to a job.
 		c.readable = make(chan error, 1)
 		c.resume = make(chan bool, 1)
-		go c.watch()
 	}
 	p.put(c)
+	if !polled {
+		go c.watch()
+	}
 }
 
 // release ends a job on c. A connection whose response completed cleanly
 // and that did not ask to close carries the next job.
 func (p *Pool) release(c *workerConn, reuse bool) {
-	if reuse {
+	// Bytes the worker sent beyond its response would be taken for the
+	// next job's response: such a connection closes instead.
+	extra := reuse && c.buffered()
+	if reuse && !extra {
 		c.detachReader()
 		p.put(c)
 		c.wake()
@@ -234,8 +236,13 @@ func (p *Pool) release(c *workerConn, reuse bool) {
 		p.busy--
 	}
 	p.forget(c)
+	logger := p.logger
 	p.mu.Unlock()
 	c.close()
+	if extra {
+		logger.Warn("worker sent more than its response; closed the connection",
+			zap.String("pool", p.name), zap.String("remote", c.remote()), zap.String("worker", c.worker))
+	}
 	if !c.polled {
 		select {
 		case c.resume <- false:
@@ -253,8 +260,8 @@ func (p *Pool) forget(c *workerConn) {
 	delete(p.conns, c)
 }
 
-// dropIdle is called by c's watcher when the connection becomes readable
-// or fails. On an idle connection that means the worker hung up (or broke
+// dropIdle is called by c's watcher (or the idle poller) when the
+// connection becomes readable or fails. On an idle connection that means the worker hung up (or broke
 // the protocol by talking out of turn): the connection leaves the pool at
 // once. It reports whether it dropped c.
 func (p *Pool) dropIdle(c *workerConn, err error) bool {
@@ -389,6 +396,12 @@ func (c *workerConn) awaitResponse() error {
 	if c.buffered() {
 		return nil
 	}
+	return c.readOne()
+}
+
+// readOne waits for one byte from the connection and keeps it for the
+// reader attached next.
+func (c *workerConn) readOne() error {
 	n, err := c.conn.Read(c.src.one[:])
 	if n > 0 {
 		c.src.pending, err = c.src.one[:n], nil
@@ -423,11 +436,7 @@ func (c *workerConn) watch() {
 	for {
 		var err error
 		if !c.buffered() {
-			var n int
-			n, err = c.conn.Read(c.src.one[:])
-			if n > 0 {
-				c.src.pending, err = c.src.one[:n], nil
-			}
+			err = c.readOne()
 		}
 		if c.pool.dropIdle(c, err) {
 			return
@@ -449,20 +458,17 @@ func (c *workerConn) reader() *bufio.Reader {
 	return c.br
 }
 
-// detachReader gives c's reader back at the end of a job, unless it holds
-// bytes the worker sent beyond its response (put or the watcher then finds
-// them and, on an idle connection, drops it).
+// detachReader gives c's reader back at the end of a job that read all
+// the worker sent (see release).
 func (c *workerConn) detachReader() {
-	if c.br != nil && c.br.Buffered() == 0 {
+	if c.br != nil {
 		putReader(c.br)
 		c.br = nil
 	}
 }
 
 // readers are the response readers of connections running jobs.
-var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readerSize) }}
-
-const readerSize = 4096
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
 func putReader(br *bufio.Reader) {
 	br.Reset(nil)

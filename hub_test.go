@@ -340,3 +340,57 @@ func TestPoolUnpollableConnection(t *testing.T) {
 	<-done
 	waitFor(t, "the hung-up connection to leave", func() bool { return p.Stats().Idle == 0 })
 }
+
+// startJob runs a bodiless job through the transport on p and returns its
+// response without reading the body.
+func startJob(t *testing.T, p *Pool) *http.Response {
+	t.Helper()
+	ctx := context.WithValue(t.Context(), jobCtxKey{}, &job{pool: p, deadline: far()})
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://worker/ping", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := transport{}.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// answerOnce has a worker read one request on w and write reply.
+func answerOnce(w net.Conn, reply string) {
+	go func() {
+		if _, err := http.ReadRequest(bufio.NewReader(w)); err == nil {
+			w.Write([]byte(reply))
+		}
+	}()
+}
+
+// TestPoolBytesBeyondResponseGoNowhere has a worker send a second,
+// unasked-for response right behind the first, while another request
+// waits: the connection must close, not hand those bytes to the waiting
+// request as its response.
+func TestPoolBytesBeyondResponseGoNowhere(t *testing.T) {
+	p := testPool(10)
+	w := workerSide(t, p)
+	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
+	answerOnce(w, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA"+
+		"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSECRET")
+	first := startJob(t, p)
+	second := make(chan struct{})
+	go func() {
+		defer close(second)
+		roundTripCanned(t, p) // wants "ok", from the next worker
+	}()
+	waitFor(t, "the second request to wait", func() bool { return p.Stats().Waiting == 1 })
+	if b, err := io.ReadAll(first.Body); err != nil || string(b) != "A" {
+		t.Fatalf("first response %q, %v", b, err)
+	}
+	first.Body.Close()
+	w.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := w.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the hub should have closed the connection")
+	}
+	serveCanned(workerSide(t, p))
+	<-second
+}

@@ -182,7 +182,8 @@ func (c *workerConn) pollIdle() bool {
 }
 
 // armIdle asks the poller to report c once it is readable. put calls it
-// when c becomes idle after a job quieted c or the poller reported it.
+// when c becomes idle after a job quieted c or the poller reported it, and
+// checkIdle after a stale report.
 // Arming may run late, when c is busy again or closed: the poller then
 // ignores what it reports.
 func (c *workerConn) armIdle() {
@@ -197,6 +198,25 @@ func (c *workerConn) quietIdle() {
 	}
 	c.quiet = true
 	_ = c.poll.raw.Control(c.poll.disarm)
+}
+
+// spoiled reports whether a connection that went straight from one job to
+// the next, so that no poller watched it in between, has ended or holds
+// bytes nobody asked for: the next job must not use it. Only the job
+// holding c calls it, before it writes anything.
+func (c *workerConn) spoiled() bool {
+	if !c.polled || !c.quiet {
+		return false
+	}
+	n, err := c.peek()
+	switch {
+	case err == unix.EAGAIN:
+		return false
+	case n > 0 && c.poll.tls:
+		// Perhaps a TLS record without data; the job finds out.
+		return false
+	}
+	return true
 }
 
 // unpoll takes c out of the poller before its connection closes.

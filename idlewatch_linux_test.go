@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -454,4 +455,39 @@ func TestIdleWatchHangupRightAfterResponse(t *testing.T) {
 	}()
 	roundTripCanned(t, p)
 	waitFor(t, "the hung-up connection to leave", func() bool { return p.Stats().Idle == 0 })
+}
+
+// TestIdleWatchHangupBetweenJobs has a worker hang up right after a response
+// that keeps its connection open, while another request waits for that
+// connection: the waiting request, a GET without an idempotency key, must
+// go to the next worker rather than fail.
+func TestIdleWatchHangupBetweenJobs(t *testing.T) {
+	p := testPool(10)
+	w := workerSide(t, p)
+	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
+	requirePolled(t, p) // without the poller nothing checks the socket between jobs
+	answerOnce(w, cannedResponse)
+	first := startJob(t, p)
+	second := make(chan struct{})
+	go func() {
+		defer close(second)
+		roundTripCanned(t, p)
+	}()
+	waitFor(t, "the second request to wait", func() bool { return p.Stats().Waiting == 1 })
+	w.Close()
+	// Let the FIN arrive before the connection changes hands.
+	waitFor(t, "the hang-up to reach the hub", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for c := range p.conns {
+			if n, err := c.peek(); n == 0 && err == nil {
+				return true
+			}
+		}
+		return false
+	})
+	io.Copy(io.Discard, first.Body)
+	first.Body.Close()
+	serveCanned(workerSide(t, p))
+	<-second
 }

@@ -15,3 +15,5 @@ func (c *workerConn) armIdle() {}
 func (c *workerConn) quietIdle() {}
 
 func (c *workerConn) unpoll() {}
+
+func (c *workerConn) spoiled() bool { return false }

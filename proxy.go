@@ -39,8 +39,9 @@ type job struct {
 }
 
 // transport is the http.RoundTripper behind the handler's ReverseProxy: it
-// takes a worker connection from the request's pool and runs the exchange on
-// it, retrying on another connection where the worker never started the job.
+// runs the exchange on the worker connection the handler took for the
+// request, and retries on another one from the request's pool where the
+// worker never started the job.
 type transport struct{}
 
 func (transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -77,6 +78,11 @@ func (transport) RoundTrip(req *http.Request) (*http.Response, error) {
 func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 	p := c.pool
 	ctx := req.Context()
+	if c.spoiled() {
+		// Nothing was written: the request may go to another worker.
+		p.release(c, false)
+		return nil, errReplay
+	}
 	// The job reads its response itself: the idle poller need not hear of it.
 	c.quietIdle()
 
@@ -112,15 +118,24 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 			c.close()
 		})
 	}
-	fail := func(err error) (*http.Response, error) {
+	// end closes c for a job that gets no response from it. The body
+	// writer must have stopped before the request goes to another worker,
+	// which reads the same body.
+	end := func(waitWriter bool) {
 		stop()
 		if timer != nil {
 			timer.Stop()
 		}
 		if g != nil {
 			g.abort()
+			if waitWriter {
+				<-wrote
+			}
 		}
 		p.release(c, false)
+	}
+	fail := func(err error) (*http.Response, error) {
+		end(false)
 		if timedOut.Load() {
 			return nil, errResponseTimeout
 		}
@@ -134,15 +149,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 	for {
 		if err := c.awaitResponse(); err != nil {
 			if first && ctx.Err() == nil && !timedOut.Load() && replayable(req, g) {
-				if g != nil {
-					g.abort()
-					<-wrote // nobody else may read the body while this writer might
-				}
-				stop()
-				if timer != nil {
-					timer.Stop()
-				}
-				p.release(c, false)
+				end(true)
 				return nil, errReplay
 			}
 			return fail(fmt.Errorf("worker connection closed before a response: %w", err))
@@ -173,15 +180,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(DeclinedHeader) != "" {
 			if g == nil || !g.isOpen() {
-				if g != nil {
-					g.abort()
-					<-wrote
-				}
-				stop()
-				if timer != nil {
-					timer.Stop()
-				}
-				p.release(c, false)
+				end(true)
 				return nil, errReplay
 			}
 			return fail(errors.New("worker declined the job after reading its body"))
@@ -218,8 +217,9 @@ func writeRequest(req *http.Request, w io.Writer) error {
 // with an idempotency key. A bodiless request without a key is not replayed
 // even if its method is idempotent: the worker may have been killed while
 // running it, and these jobs are too expensive to run twice unasked.
-// (Connections whose worker hung up while idle never get here: the pool
-// drops them before they are handed out.)
+// (Connections whose worker hung up while idle, or between two jobs, never
+// get here: the pool drops them before they are handed out, and spoiled
+// catches them on Linux before a request is written.)
 func replayable(req *http.Request, g *bodyGate) bool {
 	if g != nil {
 		return !g.isOpen()

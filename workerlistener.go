@@ -187,17 +187,17 @@ func (wl *workerListener) handshake(conn net.Conn) {
 		}
 		conn = tc
 	}
-	// A handshake is a few hundred bytes: a small reader keeps thousands of
-	// workers dialling in at once from costing much (longer lines still
-	// parse). The pool copies out anything left in it and lets it go.
-	br := bufio.NewReaderSize(conn, 1024)
 	if wl.bare != nil {
 		_ = conn.SetDeadline(time.Time{})
-		wl.bare.pool.add(conn, br, "")
+		wl.bare.pool.add(conn, nil, "")
 		wl.logger.Debug("worker connected", zap.String("pool", wl.bare.pool.name), zap.String("remote", remote))
 		return
 	}
 
+	// A handshake is a few hundred bytes: a small reader keeps thousands of
+	// workers dialling in at once from costing much (longer lines still
+	// parse). The pool lets it go once the handshake is done.
+	br := bufio.NewReaderSize(conn, 1024)
 	req, err := http.ReadRequest(br)
 	if err == io.EOF {
 		// Closed before a byte was sent: a worker stopping mid-dial, or a
