@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -9,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -20,7 +18,6 @@ func newClient(conns int) *http.Client {
 		MaxIdleConns:        conns,
 		MaxIdleConnsPerHost: conns,
 		DisableCompression:  true,
-		ForceAttemptHTTP2:   false,
 	}}
 }
 
@@ -159,7 +156,7 @@ func openLoop(base string, jobs []traceJob, events []timedEvent) openResult {
 	res.overrun = make([]time.Duration, len(jobs))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	var maxLate atomic.Int64
+	var maxLate time.Duration // only this loop writes it
 	start := time.Now()
 	for _, ev := range events {
 		wg.Add(1)
@@ -174,14 +171,11 @@ func openLoop(base string, jobs []traceJob, events []timedEvent) openResult {
 		if d := time.Until(due); d > 0 {
 			time.Sleep(d)
 		}
-		if late := time.Since(due); late > time.Duration(maxLate.Load()) {
-			maxLate.Store(int64(late))
-		}
+		maxLate = max(maxLate, time.Since(due))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequestWithContext(context.Background(), "GET",
-				fmt.Sprintf("%s/job?ms=%g&n=%d", base, j.ms, i), nil)
+			req, _ := http.NewRequest("GET", fmt.Sprintf("%s/job?ms=%g&n=%d", base, j.ms, i), nil)
 			status, h, err := fetchHeader(c, req)
 			if us, perr := strconv.ParseInt(h.Get(overrunHeader), 10, 64); perr == nil {
 				res.overrun[i] = time.Duration(us) * time.Microsecond
@@ -203,7 +197,7 @@ func openLoop(base string, jobs []traceJob, events []timedEvent) openResult {
 			res.sojourn = append(res.sojourn, soj[i])
 		}
 	}
-	res.late = time.Duration(maxLate.Load())
+	res.late = maxLate
 	return res
 }
 

@@ -1,10 +1,11 @@
 // Command bench measures reverse_http against Caddy's reverse_proxy,
 // HAProxy, a direct call and an ideal queue, side by side in one run, and
-// writes the figures as Markdown (results/RESULTS.md) and a latency plot
-// (results/latency.png). `make bench` in the repository root builds what it
-// needs and runs it; see README.md, "Performance".
+// writes the figures as Markdown (results/RESULTS.md), plots of the time in
+// system (results/latency*.png) and Caddy's memory profiles at the peak of
+// scenario 4 (results/scale-*.pprof). `make bench` in the repository root
+// builds what it needs and runs it; see README.md, "Performance".
 //
-//	bench -caddy ../bin/caddy -worker ../bin/reverse-http-worker -out results
+//	bin/bench -caddy bin/caddy -worker bin/reverse-http-worker -out bench/results
 //
 // It re-runs itself with the argument "serve" for the application, backend
 // and worker processes (see serve.go).
@@ -51,9 +52,10 @@ func main() {
 		}
 		return
 	}
-	caddyBin := flag.String("caddy", "../bin/caddy", "Caddy binary built with the plugin")
-	workerBin := flag.String("worker", "../bin/reverse-http-worker", "reverse-http-worker binary")
-	out := flag.String("out", "results", "`DIR` for RESULTS.md and latency.png")
+	// The defaults suit a run from the repository root, as make runs it.
+	caddyBin := flag.String("caddy", "bin/caddy", "Caddy binary built with the plugin")
+	workerBin := flag.String("worker", "bin/reverse-http-worker", "reverse-http-worker binary")
+	out := flag.String("out", "bench/results", "`DIR` for RESULTS.md, the plots and the profiles")
 	only := flag.String("only", "tiny,sched,large,scale", "comma-separated `SCENARIOS` to run")
 	quick := flag.Bool("quick", false, "short runs, to check the harness (figures are not meaningful)")
 	profile := flag.Bool("profile", false, "save Caddy's CPU profile during scenario 1's (b) and (c) runs in the -out directory")
@@ -75,13 +77,13 @@ func main() {
 	}
 	o.out = *out
 	o.profile = *profile
-	if err := run(o, *caddyBin, *workerBin, *out, *readme, strings.Split(*only, ",")); err != nil {
+	if err := run(o, *caddyBin, *workerBin, *readme, strings.Split(*only, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(o *options, caddyBin, workerBin, out, readme string, only []string) error {
+func run(o *options, caddyBin, workerBin, readme string, only []string) error {
 	raiseFileLimit()
 	self, err := os.Executable()
 	if err != nil {
@@ -102,7 +104,7 @@ func run(o *options, caddyBin, workerBin, out, readme string, only []string) err
 	defer os.RemoveAll(dir)
 	e := &env{caddy: caddyBin, worker: workerBin, self: self, dir: dir}
 
-	if err := os.MkdirAll(out, 0o755); err != nil {
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
 	}
 	started := time.Now()
@@ -120,10 +122,12 @@ func run(o *options, caddyBin, workerBin, out, readme string, only []string) err
 		{"large", largeBodies},
 		{"scale", scale},
 	}
+	ran := 0
 	for _, s := range scenarios {
 		if !slices.Contains(only, s.name) {
 			continue
 		}
+		ran++
 		t0 := time.Now()
 		fmt.Fprintf(os.Stderr, "bench: %s...\n", s.name)
 		tables, err := s.run(e, o)
@@ -138,12 +142,13 @@ func run(o *options, caddyBin, workerBin, out, readme string, only []string) err
 		fmt.Fprintf(os.Stderr, "bench: %s took %v\n", s.name, time.Since(t0).Round(time.Second))
 	}
 	fmt.Fprintf(&report, "Whole run: %v.\n", time.Since(started).Round(time.Second))
-	path := filepath.Join(out, "RESULTS.md")
+	path := filepath.Join(o.out, "RESULTS.md")
 	if err := os.WriteFile(path, []byte("# Benchmark results\n\n"+report.String()), 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "bench: wrote %s in %v\n", path, time.Since(started).Round(time.Second))
-	if readme != "" && !o.quick && len(only) == 4 {
+	// Only a full run replaces the README's tables.
+	if readme != "" && !o.quick && ran == len(scenarios) {
 		if err := updateReadme(readme, report.String()); err != nil {
 			return err
 		}

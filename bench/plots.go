@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/reversehttp/reverse_http/bench/internal/plot"
@@ -13,7 +14,7 @@ import (
 // equal-workers case, the headline figure.
 func plotVariant(o *options, v schedVariant, outcomes []schedOutcome) error {
 	c := &plot.Chart{
-		Title:  "Time in system: " + v.title[4:],
+		Title:  "Time in system: " + strings.TrimLeft(v.title, "0123456789abcd. "),
 		XLabel: "percentile",
 		YLabel: "time in system (ms, log scale)",
 		LogY:   true,

@@ -33,8 +33,7 @@ type proc struct {
 	name string
 	cmd  *exec.Cmd
 	log  string
-	done chan struct{}
-	err  error
+	done chan struct{} // closed when the child has exited
 }
 
 // start runs a child with its output in a log file. If ready is set, it
@@ -80,7 +79,7 @@ func (e *env) start(name string, ready bool, bin string, args ...string) (*proc,
 					break
 				}
 			}
-			p.err = cmd.Wait()
+			cmd.Wait()
 			logf.Close()
 			close(p.done)
 		}()
@@ -96,7 +95,7 @@ func (e *env) start(name string, ready bool, bin string, args ...string) (*proc,
 		}
 	} else {
 		go func() {
-			p.err = cmd.Wait()
+			cmd.Wait()
 			logf.Close()
 			close(p.done)
 		}()
@@ -171,16 +170,7 @@ func resetPeak(pid int) error {
 	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
 }
 
-// freePort finds a loopback port nobody listens on.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
+// freePorts finds n loopback ports nobody listens on.
 func freePorts(n int) ([]int, error) {
 	// Hold them all open at once so that no port is handed out twice.
 	var lns []net.Listener
@@ -211,7 +201,7 @@ func waitListening(p *proc, addrs ...string) error {
 				c.Close()
 				break
 			}
-			if p != nil && p.exited() {
+			if p.exited() {
 				return fmt.Errorf("%s exited: %s", p.name, p.tail())
 			}
 			if time.Now().After(deadline) {
@@ -229,11 +219,11 @@ func waitListening(p *proc, addrs ...string) error {
 func (e *env) startCaddy(name, caddyfile string, addrs ...string) (*proc, error) {
 	e.seq++
 	path := filepath.Join(e.dir, fmt.Sprintf("%03d-%s.Caddyfile", e.seq, name))
-	port, err := freePort()
+	port, err := freePorts(1)
 	if err != nil {
 		return nil, err
 	}
-	e.admin = fmt.Sprintf("127.0.0.1:%d", port)
+	e.admin = fmt.Sprintf("127.0.0.1:%d", port[0])
 	global := fmt.Sprintf(`{
 	admin %s
 	storage file_system %s
@@ -260,8 +250,7 @@ func (e *env) startCaddy(name, caddyfile string, addrs ...string) (*proc, error)
 
 // goMemory is what Caddy's Go runtime says of its memory.
 type goMemory struct {
-	HeapInuse, StackInuse, Sys uint64
-	NumGC                      uint32
+	HeapInuse, StackInuse uint64
 }
 
 // caddyMemory reads the memory statistics of the Caddy started last.

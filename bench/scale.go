@@ -224,7 +224,6 @@ func settledRSS(pid int) int64 {
 // fileLimit() descriptors.
 type heldRequests struct {
 	client              *http.Client
-	h2c                 *http.Transport
 	wg                  sync.WaitGroup
 	written, ok, failed atomic.Int64
 	firstErr            atomic.Value // string
@@ -237,9 +236,9 @@ type heldRequests struct {
 // for their responses. A request that fails after ctx is done does not
 // count as failed.
 func holdRequests(ctx context.Context, n int, url func(i int) string) *heldRequests {
-	h := &heldRequests{h2c: &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 1000}}
-	h.h2c.Protocols.SetUnencryptedHTTP2(true)
-	h.client = &http.Client{Transport: h.h2c}
+	h2c := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 1000}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	h := &heldRequests{client: &http.Client{Transport: h2c}}
 	trace := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		WroteRequest: func(httptrace.WroteRequestInfo) { h.written.Add(1) },
 	})
@@ -279,5 +278,5 @@ func holdRequests(ctx context.Context, n int, url func(i int) string) *heldReque
 // close waits for the requests to end and closes the connections.
 func (h *heldRequests) close() {
 	h.wg.Wait()
-	h.h2c.CloseIdleConnections()
+	h.client.CloseIdleConnections()
 }

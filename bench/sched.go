@@ -84,7 +84,7 @@ func runVariant(e *env, o *options, v schedVariant) (*table, []schedOutcome, err
 	jobs := makeTrace(o.seed, o.schedJobs, rate, shortMS, longMS)
 	span := jobs[len(jobs)-1].at
 
-	ports, err := freePorts(2*workers + 7)
+	ports, err := freePorts(workers + 6)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -93,8 +93,8 @@ func runVariant(e *env, o *options, v schedVariant) (*table, []schedOutcome, err
 	for i := range backends {
 		backends[i] = addr(i)
 	}
-	hub := addr(2 * workers)
-	rhSite, rrSite, lcSite, lcmSite, haSite := addr(2*workers+1), addr(2*workers+2), addr(2*workers+3), addr(2*workers+4), addr(2*workers+5)
+	hub := addr(workers)
+	rhSite, rrSite, lcSite, lcmSite, haSite := addr(workers+1), addr(workers+2), addr(workers+3), addr(workers+4), addr(workers+5)
 
 	// The backends for reverse_proxy and HAProxy: plain HTTP servers that
 	// run one job at a time; a job pushed to a busy one waits inside it.
@@ -136,32 +136,31 @@ http://%[3]s {
 }
 http://%[4]s {
 	bind 127.0.0.1
-	reverse_proxy %[8]s {
+	reverse_proxy %[7]s {
 		lb_policy round_robin
 	}
 }
 http://%[5]s {
 	bind 127.0.0.1
-	reverse_proxy %[8]s {
+	reverse_proxy %[7]s {
 		lb_policy least_conn
 	}
 }
 http://%[6]s {
 	bind 127.0.0.1
-	reverse_proxy %[8]s {
+	reverse_proxy %[7]s {
 		lb_policy least_conn
 		unhealthy_request_count 1
 		lb_try_duration 5m
 		lb_try_interval 5ms
 	}
 }
-`, hub, benchToken, rhSite, rrSite, lcSite, lcmSite, haSite, upstreams), rhSite, rrSite, lcSite, lcmSite, hub)
+`, hub, benchToken, rhSite, rrSite, lcSite, lcmSite, upstreams), rhSite, rrSite, lcSite, lcmSite, hub)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer caddy.stop(10 * time.Second)
 
-	var ha *proc
 	haConfig := fmt.Sprintf(`global
 	maxconn 8000
 defaults
@@ -181,11 +180,10 @@ backend workers
 	for i, b := range backends {
 		haConfig += fmt.Sprintf("\tserver w%d %s maxconn 1 check inter 250ms\n", i+1, b)
 	}
-	ha, err = e.startHAProxy(haConfig, haSite)
+	ha, err := e.startHAProxy(haConfig, haSite)
 	haNote := ""
 	if err != nil {
 		haNote = fmt.Sprintf("HAProxy did not run (%v); install the Debian package haproxy.", err)
-		ha = nil
 	} else {
 		defer ha.stop(10 * time.Second)
 	}
