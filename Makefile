@@ -38,8 +38,9 @@ bin/sample-app: FORCE
 
 FORCE:
 
-# -p 1: tests that start Caddy in-process must not run in parallel across
-# packages. bench/ is a module of its own, so ./... leaves it out.
+# -p 1: packages one at a time, so that the timing-sensitive tests of one do
+# not share two cores with another's. bench/ is a module of its own, so
+# ./... leaves it out.
 test:
 	$(GO) test -race -count=1 -p 1 -timeout 8m ./...
 	cd bench && $(GO) vet ./... && $(GO) test -race -count=1 ./...
