@@ -359,7 +359,7 @@ func TestE2EWorkerKilledMidJob(t *testing.T) {
 	defer pr.CloseWithError(errors.New("test over"))
 	upload := goDo(mustRequest(t, http.MethodPost, h.site+"/sha256", pr))
 	// A long GET that A runs too.
-	sleep := goGet(t, h.site+"/sleep?ms=3000")
+	sleep := goGet(t, h.site+"/sleep?ms=60000") // ends only when worker A is killed
 	waitFor(t, "worker A running both long jobs", func() bool {
 		s := p.Stats()
 		return s.Busy == 2 && s.Idle == 0 && app.running(t) == 2

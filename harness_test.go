@@ -125,7 +125,7 @@ func startWorker(t testing.TB, h *hub, pool, token string, slots int, handler ht
 	w, err := worker.New(worker.Config{
 		Hub: h.worker, Pool: pool, Token: token, Slots: slots, Name: "test-worker",
 		Handler: handler, DrainTimeout: 5 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -383,17 +383,20 @@ func BenchmarkRoundTripParallel(b *testing.B) {
 		ctx := context.WithValue(reqCtx, jobCtxKey{}, &job{pool: p, deadline: time.Now().Add(time.Hour)})
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://worker/ping", nil)
 		if err != nil {
-			b.Fatal(err)
+			b.Error(err) // not Fatal: this is not the benchmark's goroutine
+			return
 		}
 		for pb.Next() {
 			resp, err := transport{}.RoundTrip(req)
 			if err != nil {
-				b.Fatal(err)
+				b.Error(err)
+				return
 			}
 			n, err := io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if err != nil || n != 2 || resp.StatusCode != http.StatusOK {
-				b.Fatalf("status %d, %d body bytes, error %v", resp.StatusCode, n, err)
+				b.Errorf("status %d, %d body bytes, error %v", resp.StatusCode, n, err)
+				return
 			}
 		}
 	})

@@ -320,7 +320,7 @@ func TestHandshakeRejections(t *testing.T) {
 			defer cancel()
 			err := worker.Run(ctx, worker.Config{
 				Hub: h.worker, Pool: tc.pool, Token: tc.token, Handler: http.NotFoundHandler(),
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				Logger: slog.New(slog.DiscardHandler),
 			})
 			var he *worker.HandshakeError
 			if !errors.As(err, &he) || he.Status != tc.status {
@@ -393,6 +393,11 @@ http://:{siteport} {
 	resp, _ = h.get("/")
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("full queue: got %d, want 503 with Retry-After", resp.StatusCode)
+	}
+	select {
+	case code := <-done:
+		t.Fatalf("the queued request ended (%d) before the full-queue 503: that 503 was a queue timeout", code)
+	default:
 	}
 	if code := <-done; code != http.StatusServiceUnavailable {
 		t.Fatalf("queued request: got %d, want 503 after its timeout", code)

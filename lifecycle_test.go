@@ -33,6 +33,18 @@ func remoteAddrHandler() http.Handler {
 	})
 }
 
+// holdingHandler is remoteAddrHandler whose jobs with "hold" in the query
+// run until release is closed.
+func holdingHandler(release <-chan struct{}) http.Handler {
+	next := remoteAddrHandler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("hold") {
+			<-release
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // getAsync sends a GET in the background and delivers "status body".
 func getAsync(h *hub, path string) <-chan string {
 	out := make(chan string, 1)
@@ -107,8 +119,11 @@ http://:{siteport} {
 	h := newHub(t, twoPools)
 	other := livePool(t, "other")
 	startWorker(t, h, "jobs", "secret", 1, remoteAddrHandler())
-	startWorker(t, h, "other", "secret", 1, remoteAddrHandler())
-	hold := getAsync(h, "/other?sleep=300")
+	release := make(chan struct{})
+	letGo := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(letGo) // should the test fail while a job is held
+	startWorker(t, h, "other", "secret", 1, holdingHandler(release))
+	hold := getAsync(h, "/other?hold")
 	waitFor(t, "a running job", func() bool { return other.Stats().Busy == 1 })
 	queued := getAsync(h, "/other")
 	waitFor(t, "a queued request", func() bool { return other.Stats().Waiting == 1 })
@@ -117,6 +132,7 @@ http://:{siteport} {
 	if got := <-queued; !strings.HasPrefix(got, "503 ") {
 		t.Fatalf("a request queued in the removed pool got %q, want 503", got)
 	}
+	letGo()
 	<-hold
 	waitFor(t, "the removed pool's workers to be disconnected", func() bool {
 		s := other.Stats()
@@ -133,21 +149,27 @@ http://:{siteport} {
 func TestStopAnswersQueueAndFinishesJobs(t *testing.T) {
 	h := newHub(t, basicConfig)
 	p := livePool(t, "jobs")
-	startWorker(t, h, "jobs", "secret", 1, remoteAddrHandler())
-	running := getAsync(h, "/?sleep=500")
+	release := make(chan struct{})
+	letGo := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(letGo) // should the test fail while a job is held
+	startWorker(t, h, "jobs", "secret", 1, holdingHandler(release))
+	running := getAsync(h, "/?hold")
 	waitFor(t, "a running job", func() bool { return p.Stats().Busy == 1 })
 	queued := getAsync(h, "/queued")
 	waitFor(t, "a queued request", func() bool { return p.Stats().Waiting == 1 })
 
 	start := time.Now()
-	if err := caddy.Stop(); err != nil {
-		t.Fatal(err)
-	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- caddy.Stop() }() // waits for the running job
 	if got := <-queued; !strings.HasPrefix(got, "503 ") {
 		t.Fatalf("the queued request got %q, want 503", got)
 	}
+	letGo()
 	if got := <-running; !strings.HasPrefix(got, "200 ") {
 		t.Fatalf("the running job got %q, want 200", got)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
 	}
 	if waited := time.Since(start); waited > 4*time.Second {
 		t.Fatalf("stopping took %v", waited)
@@ -226,22 +248,26 @@ http://:{siteport} {
 	// A worker that does not trust the CA is turned away at the TLS handshake.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	var untrustingLog lockedBuffer
 	untrusting, err := worker.New(worker.Config{
 		Hub: h.worker, Pool: "jobs", Token: "secret", Handler: http.NotFoundHandler(),
 		TLS:    &tls.Config{ServerName: "localhost", RootCAs: x509.NewCertPool()},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.NewTextHandler(&untrustingLog, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go untrusting.Run(ctx)
+	waitFor(t, "the untrusting worker's failed attempt", func() bool {
+		return strings.Contains(untrustingLog.String(), "cannot connect to hub")
+	})
 
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel()
 	w, err := worker.New(worker.Config{
 		Hub: h.worker, Pool: "jobs", Token: "secret", Handler: remoteAddrHandler(),
 		TLS:    &tls.Config{ServerName: "localhost", RootCAs: roots},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
