@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/reversehttp/reverse_http/worker"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -102,7 +104,7 @@ func (pc *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&pc.Protocol) {
 				return d.ArgErr()
 			}
-			if pc.Protocol != ProtocolPTTH && pc.Protocol != ProtocolPOTHEAD {
+			if pc.Protocol != worker.ProtocolPTTH && pc.Protocol != worker.ProtocolPothead {
 				return d.Errf("protocol must be ptth or pothead, not %q", pc.Protocol)
 			}
 		case "token":

@@ -17,17 +17,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/reversehttp/reverse_http/worker"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 )
-
-// UpgradeToken is what a ptth worker asks to upgrade its connection to.
-const UpgradeToken = "PTTH/1.0"
-
-// WorkerNameHeader carries a worker's name in its handshake (for logs).
-const WorkerNameHeader = "Reverse-Http-Worker"
 
 // workerListener accepts worker connections on one address. Pools that share
 // the address are told apart by the handshake's target.
@@ -72,12 +68,12 @@ func (a *App) planListeners(ctx caddy.Context) ([]*workerListener, error) {
 				order = append(order, key)
 			}
 			entry := &poolEntry{pool: a.pools[name], config: pc}
-			if pc.Protocol == ProtocolPOTHEAD || wl.bare != nil {
+			if pc.Protocol == worker.ProtocolPothead || wl.bare != nil {
 				if len(wl.pools) > 0 || wl.bare != nil {
 					return nil, fmt.Errorf("pool %s: listen %s is shared with another pool, but a pothead pool needs an address of its own", name, l)
 				}
 			}
-			if pc.Protocol == ProtocolPOTHEAD {
+			if pc.Protocol == worker.ProtocolPothead {
 				wl.bare = entry
 			} else {
 				wl.pools[name] = entry
@@ -214,9 +210,9 @@ func (wl *workerListener) handshake(conn net.Conn) {
 		wl.reject(conn, remote, "", http.StatusBadRequest, "a handshake has no body")
 		return
 	}
-	if !httpguts.HeaderValuesContainsToken(req.Header["Upgrade"], UpgradeToken) ||
+	if !httpguts.HeaderValuesContainsToken(req.Header["Upgrade"], worker.UpgradeToken) ||
 		!httpguts.HeaderValuesContainsToken(req.Header["Connection"], "upgrade") {
-		wl.reject(conn, remote, "", http.StatusBadRequest, "expected a handshake with Connection: Upgrade and Upgrade: "+UpgradeToken)
+		wl.reject(conn, remote, "", http.StatusBadRequest, "expected a handshake with Connection: Upgrade and Upgrade: "+worker.UpgradeToken)
 		return
 	}
 	name, err := url.PathUnescape(strings.TrimPrefix(req.URL.Path, "/"))
@@ -235,7 +231,7 @@ func (wl *workerListener) handshake(conn net.Conn) {
 	resp := &http.Response{
 		StatusCode: http.StatusSwitchingProtocols,
 		ProtoMajor: 1, ProtoMinor: 1,
-		Header: http.Header{"Connection": {"Upgrade"}, "Upgrade": {UpgradeToken}},
+		Header: http.Header{"Connection": {"Upgrade"}, "Upgrade": {worker.UpgradeToken}},
 	}
 	if err := resp.Write(conn); err != nil {
 		wl.logger.Debug("worker left during handshake", zap.String("remote", remote), zap.Error(err))
@@ -243,9 +239,9 @@ func (wl *workerListener) handshake(conn net.Conn) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	worker := req.Header.Get(WorkerNameHeader)
-	entry.pool.add(conn, br, worker)
-	wl.logger.Debug("worker connected", zap.String("pool", name), zap.String("remote", remote), zap.String("worker", worker))
+	workerName := req.Header.Get(worker.WorkerHeader)
+	entry.pool.add(conn, br, workerName)
+	wl.logger.Debug("worker connected", zap.String("pool", name), zap.String("remote", remote), zap.String("worker", workerName))
 }
 
 // checkToken returns 0 when the Authorization header admits the worker, or

@@ -252,7 +252,7 @@ func (w *Worker) handshake(ctx context.Context, conn net.Conn) (*bufio.Reader, e
 	fmt.Fprintf(&b, "GET /%s HTTP/1.1\r\n", url.PathEscape(w.cfg.Pool))
 	fmt.Fprintf(&b, "Host: %s\r\n", w.cfg.Hub)
 	b.WriteString("Connection: Upgrade\r\n")
-	b.WriteString("Upgrade: PTTH/1.0\r\n")
+	b.WriteString("Upgrade: " + UpgradeToken + "\r\n")
 	if w.cfg.Token != "" {
 		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", w.cfg.Token)
 	}

@@ -29,23 +29,6 @@ import (
 	"time"
 )
 
-// Protocols understood by [Config.Protocol].
-const (
-	// ProtocolPTTH sends an HTTP/1.1 Upgrade request ("PTTH/1.0") naming the
-	// pool, and waits for "101 Switching Protocols" before serving jobs.
-	ProtocolPTTH = "ptth"
-	// ProtocolPothead skips the handshake: the worker dials and waits for
-	// the first request.
-	ProtocolPothead = "pothead"
-)
-
-// DeclinedHeader is the response header by which a worker tells the hub that
-// it did not take a job, so that the hub requeues it elsewhere.
-const DeclinedHeader = "Reverse-Http-Declined"
-
-// WorkerHeader carries the worker's name in the handshake request.
-const WorkerHeader = "Reverse-Http-Worker"
-
 // DefaultDrainTimeout is used when [Config.DrainTimeout] is zero.
 const DefaultDrainTimeout = 30 * time.Second
 

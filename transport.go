@@ -12,11 +12,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-)
 
-// DeclinedHeader marks a worker's 503 as "declined before starting": the hub
-// puts the request back at the head of the queue.
-const DeclinedHeader = "Reverse-Http-Declined"
+	"github.com/reversehttp/reverse_http/worker"
+)
 
 var (
 	errResponseTimeout = errors.New("worker did not answer within the response timeout")
@@ -178,7 +176,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			return fail(errors.New("worker switched protocols for a request that did not ask for it"))
 		}
-		if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(DeclinedHeader) != "" {
+		if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(worker.DeclinedHeader) != "" {
 			if g == nil || !g.isOpen() {
 				end(true)
 				return nil, errReplay

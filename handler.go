@@ -1,0 +1,181 @@
+package reversehttp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler is the `reverse_http` HTTP handler: it queues each request in a
+// pool and proxies it to the first worker connection that is free.
+type Handler struct {
+	// The pool to queue requests in; it must be defined in the
+	// `reverse_http` app.
+	Pool string `json:"pool,omitempty"`
+
+	// Overrides the pool's queue timeout for this route.
+	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
+
+	pool   *Pool
+	proxy  *httputil.ReverseProxy
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.reverse_http",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision finds the handler's pool.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Pool == "" {
+		return errors.New("a pool name is required")
+	}
+	appIface, err := ctx.App("reverse_http")
+	if err != nil {
+		return err
+	}
+	h.pool = appIface.(*App).pools[h.Pool]
+	if h.pool == nil {
+		return fmt.Errorf("unknown pool %q: define it in the reverse_http global option", h.Pool)
+	}
+	if h.QueueTimeout < 0 {
+		return errors.New("queue_timeout must not be negative")
+	}
+	h.proxy = &httputil.ReverseProxy{
+		Rewrite:       rewrite,
+		Transport:     transport{},
+		FlushInterval: -1,
+		BufferPool:    bufferPool{},
+		ErrorLog:      zap.NewStdLog(h.logger),
+		ModifyResponse: func(resp *http.Response) error {
+			// The worker's Server header replaces Caddy's, as with reverse_proxy.
+			if _, ok := resp.Header["Server"]; ok {
+				resp.Request.Context().Value(jobCtxKey{}).(*job).w.Header().Del("Server")
+			}
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			r.Context().Value(jobCtxKey{}).(*job).err = err
+		},
+	}
+	return nil
+}
+
+// ServeHTTP queues r in the pool and proxies it to a worker.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if r.Header.Get("Upgrade") != "" || r.Method == http.MethodConnect {
+		return caddyhttp.Error(http.StatusNotImplemented,
+			errors.New("reverse_http does not carry protocol upgrades or CONNECT to workers"))
+	}
+	id := r.Header.Get("X-Request-Id")
+	if id == "" {
+		id = uuid.NewString()
+		r.Header.Set("X-Request-Id", id)
+	}
+	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Add(zap.String("request_id", id))
+	}
+
+	queueTimeout := time.Duration(h.QueueTimeout)
+	if queueTimeout == 0 {
+		h.pool.mu.Lock()
+		queueTimeout = h.pool.queueTimeout
+		h.pool.mu.Unlock()
+	}
+	j := &job{pool: h.pool, deadline: time.Now().Add(queueTimeout), w: w}
+	// Wait for a worker here, before the proxy copies the request: a
+	// waiting request then holds as little memory as it can, a shallower
+	// goroutine stack included, which counts with thousands waiting.
+	j.conn, j.err = h.pool.acquire(r.Context(), j.deadline, false)
+	if j.err == nil {
+		h.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), jobCtxKey{}, j)))
+		if j.conn != nil {
+			// The proxy gave up before its transport ran; nothing was
+			// written to the connection.
+			h.pool.put(j.conn)
+			j.conn = nil
+		}
+	}
+	if j.err == nil {
+		return nil
+	}
+	status := errorStatus(j.err)
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+	} else if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		// The job's body writer may still be blocked reading the upload;
+		// closing the connection spares net/http draining the rest of the
+		// body (which would wait on that read) before it answers.
+		w.Header().Set("Connection", "close")
+	}
+	if c := h.logger.Check(zap.DebugLevel, "request failed"); c != nil {
+		c.Write(zap.String("pool", h.Pool), zap.String("request_id", id), zap.Int("status", status), zap.Error(j.err))
+	}
+	return caddyhttp.Error(status, j.err)
+}
+
+// retryAfterSeconds is what a 503 advises a consumer to wait.
+const retryAfterSeconds = 1
+
+// errorStatus maps why a request got no response from a worker to the
+// status the consumer sees.
+func errorStatus(err error) int {
+	switch {
+	case errors.Is(err, errQueueFull), errors.Is(err, errQueueTimeout), errors.Is(err, errPoolClosed):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, errResponseTimeout):
+		return http.StatusGatewayTimeout
+	case errors.Is(err, context.Canceled):
+		return 499 // the consumer went away; nobody reads this
+	}
+	return http.StatusBadGateway
+}
+
+// rewrite sets the forwarding headers. Those the consumer sent are kept only
+// when it is a trusted proxy (Caddy's trusted_proxies).
+func rewrite(pr *httputil.ProxyRequest) {
+	if trusted, _ := caddyhttp.GetVar(pr.In.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted {
+		pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
+		pr.SetXForwarded()
+		for _, h := range []string{"X-Forwarded-Host", "X-Forwarded-Proto"} {
+			if v := pr.In.Header.Get(h); v != "" {
+				pr.Out.Header.Set(h, v)
+			}
+		}
+		return
+	}
+	pr.SetXForwarded()
+}
+
+// bufferPool recycles the buffers that copy response bodies.
+type bufferPool struct{}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+
+func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
