@@ -98,7 +98,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	queueTimeout := time.Duration(h.QueueTimeout)
 	if queueTimeout == 0 {
 		h.pool.mu.Lock()
-		queueTimeout = h.pool.queueTimeout
+		queueTimeout = h.pool.limits.queueTimeout
 		h.pool.mu.Unlock()
 	}
 	j := &job{pool: h.pool, deadline: time.Now().Add(queueTimeout), w: w}

@@ -28,16 +28,14 @@ var (
 type Pool struct {
 	name string
 
-	mu           sync.Mutex
-	idle         connList   // oldest idle connection first
-	waiting      waiterList // oldest waiting request first
-	conns        map[*workerConn]struct{}
-	busy         int
-	maxQueue     int
-	queueTimeout time.Duration
-	respTimeout  time.Duration
-	draining     bool // no new requests; set on shutdown or removal
-	logger       *zap.Logger
+	mu       sync.Mutex
+	idle     connList   // oldest idle connection first
+	waiting  waiterList // oldest waiting request first
+	conns    map[*workerConn]struct{}
+	busy     int
+	limits   poolLimits
+	draining bool // no new requests; set on shutdown or removal
+	logger   *zap.Logger
 }
 
 func newPool(name string) *Pool {
@@ -48,12 +46,19 @@ func newPool(name string) *Pool {
 	}
 }
 
+// poolLimits are the limits a config sets on a pool.
+type poolLimits struct {
+	maxQueue          int           // waiting requests beyond this get 503; 0: no limit
+	queueTimeout      time.Duration // the longest a request waits for a worker
+	respTimeout       time.Duration // the longest a worker may take to begin its response; 0: none
+	maxResponseHeader int64         // the largest response head a worker may send
+	maxAttempts       int           // workers a request may be offered to, declines and replays included
+}
+
 // configure applies limits from a (re)loaded config to the live pool.
-func (p *Pool) configure(maxQueue int, queueTimeout, respTimeout time.Duration, logger *zap.Logger) {
+func (p *Pool) configure(l poolLimits, logger *zap.Logger) {
 	p.mu.Lock()
-	p.maxQueue = maxQueue
-	p.queueTimeout = queueTimeout
-	p.respTimeout = respTimeout
+	p.limits = l
 	p.draining = false
 	p.logger = logger
 	p.mu.Unlock()
@@ -88,7 +93,7 @@ func (p *Pool) acquire(ctx context.Context, deadline time.Time, head bool) (*wor
 		p.mu.Unlock()
 		return c, nil
 	}
-	if !head && p.maxQueue > 0 && p.waiting.n >= p.maxQueue {
+	if !head && p.limits.maxQueue > 0 && p.waiting.n >= p.limits.maxQueue {
 		p.mu.Unlock()
 		return nil, errQueueFull
 	}
@@ -147,7 +152,7 @@ func (p *Pool) put(c *workerConn) {
 	if c.state == connBusy {
 		p.busy--
 	}
-	if p.draining {
+	if p.draining || c.retired {
 		p.forget(c)
 		p.mu.Unlock()
 		c.close()
@@ -180,20 +185,21 @@ func (p *Pool) put(c *workerConn) {
 // sent bytes beyond its handshake, before it was asked anything, breaks
 // the protocol (those bytes would be taken for the first job's response),
 // and its connection is closed.
-func (p *Pool) add(conn net.Conn, br *bufio.Reader, worker string) {
+func (p *Pool) add(conn net.Conn, br *bufio.Reader, info workerInfo) {
 	if br != nil && br.Buffered() > 0 {
 		p.mu.Lock()
 		logger := p.logger
 		p.mu.Unlock()
 		logger.Warn("worker sent data before it was asked anything; closed it",
-			zap.String("pool", p.name), zap.String("remote", conn.RemoteAddr().String()), zap.String("worker", worker))
+			zap.String("pool", p.name), zap.String("remote", conn.RemoteAddr().String()), zap.String("worker", info.name))
 		conn.Close()
 		return
 	}
 	c := &workerConn{
 		pool:   p,
 		conn:   conn,
-		worker: worker,
+		worker: info.name,
+		info:   info,
 	}
 	c.src.conn = conn
 	p.mu.Lock()
@@ -310,6 +316,30 @@ func (p *Pool) drain() {
 	}
 }
 
+// retireIf closes the connections for which bad reports true: idle ones at
+// once, busy ones when their job ends. It returns how many it retired.
+func (p *Pool) retireIf(bad func(c *workerConn) bool) int {
+	p.mu.Lock()
+	var idle []*workerConn
+	n := 0
+	for c := range p.conns {
+		if c.retired || !bad(c) {
+			continue
+		}
+		n++
+		c.retired = true
+		if c.state == connIdle {
+			p.forget(c)
+			idle = append(idle, c)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range idle {
+		c.close()
+	}
+	return n
+}
+
 // Destruct tears the pool down when no config uses it any more. Waiting
 // requests get errPoolClosed and idle connections close at once; a running
 // job keeps its connection until it ends (bounded by Caddy's grace period,
@@ -341,10 +371,14 @@ type workerConn struct {
 	br     *bufio.Reader
 	src    connSource // what br reads from
 	worker string     // name the worker gave in its handshake
+	info   workerInfo
 
 	// Guarded by pool.mu.
 	state      connState
 	prev, next *workerConn
+	// retired says that c carries no further job: it closes when its
+	// running job ends (see retireIf).
+	retired bool
 	// reported says that the poller reported c while it was busy, which
 	// used up its registration: put arms it again when c goes idle.
 	reported bool

@@ -54,7 +54,7 @@ func checkGoroutines(tb testing.TB) {
 // timeout, drained when the benchmark ends.
 func benchPool(tb testing.TB, respTimeout time.Duration) *Pool {
 	p := newPool("bench")
-	p.configure(0, time.Minute, respTimeout, zap.NewNop())
+	p.configure(poolLimits{queueTimeout: time.Minute, respTimeout: respTimeout, maxResponseHeader: DefaultMaxResponseHeader, maxAttempts: DefaultMaxAttempts}, zap.NewNop())
 	tb.Cleanup(p.drain)
 	return p
 }
@@ -89,7 +89,7 @@ func benchWorkers(tb testing.TB, p *Pool, n int) []net.Conn {
 			tb.Fatal(err)
 		}
 		hubs = append(hubs, h)
-		p.add(h, bufio.NewReader(h), "bench")
+		p.add(h, bufio.NewReader(h), workerInfo{name: "bench"})
 	}
 	if s := p.Stats(); s.Idle != n {
 		tb.Fatalf("after adding %d connections: %+v", n, s)

@@ -35,13 +35,13 @@ func workerSide(t *testing.T, p *Pool) net.Conn {
 	// The pool closes its end, as it would in use: closing it underneath
 	// the pool would leave it registered with the poller (see pollIdle).
 	t.Cleanup(func() { w.Close(); p.drain(); h.Close() })
-	p.add(h, bufio.NewReader(h), "test")
+	p.add(h, bufio.NewReader(h), workerInfo{name: "test"})
 	return w
 }
 
 func testPool(maxQueue int) *Pool {
 	p := newPool("test")
-	p.configure(maxQueue, time.Minute, 0, zap.NewNop())
+	p.configure(poolLimits{maxQueue: maxQueue, queueTimeout: time.Minute, maxResponseHeader: DefaultMaxResponseHeader, maxAttempts: DefaultMaxAttempts}, zap.NewNop())
 	return p
 }
 
@@ -312,7 +312,7 @@ func TestPoolEarlyBytesLeavePool(t *testing.T) {
 	if _, err := http.ReadRequest(br); err != nil { // the handshake
 		t.Fatal(err)
 	}
-	p.add(h, br, "early")
+	p.add(h, br, workerInfo{name: "early"})
 	waitFor(t, "the connection to leave", func() bool { s := p.Stats(); return s.Idle == 0 && s.Busy == 0 })
 	w.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := w.Read(make([]byte, 1)); err == nil {
@@ -327,7 +327,7 @@ func TestPoolUnpollableConnection(t *testing.T) {
 	p := testPool(10)
 	h, w := net.Pipe()
 	t.Cleanup(func() { w.Close(); h.Close() })
-	p.add(h, bufio.NewReader(h), "pipe")
+	p.add(h, bufio.NewReader(h), workerInfo{name: "pipe"})
 	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
 	done := serveCanned(w)
 	for range 5 {

@@ -176,7 +176,7 @@ func TestIdleWatchDescriptorReuse(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { h.Close() })
-		p.add(h, bufio.NewReader(h), "test")
+		p.add(h, bufio.NewReader(h), workerInfo{name: "test"})
 		return h
 	}
 	dial := func() (worker, hub net.Conn) {
@@ -354,7 +354,7 @@ func tlsWorker(t *testing.T, p *Pool) (*tls.Conn, net.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close(); p.drain(); h.Close() })
-	p.add(h, bufio.NewReader(h), "tls")
+	p.add(h, bufio.NewReader(h), workerInfo{name: "tls"})
 	return w, raw
 }
 

@@ -33,6 +33,9 @@ const (
 	DefaultMaxQueue         = 1000
 	DefaultQueueTimeout     = 30 * time.Second
 	DefaultHandshakeTimeout = 10 * time.Second
+	// As with reverse_proxy (net/http's Transport).
+	DefaultMaxResponseHeader = 10 << 20
+	DefaultMaxAttempts       = 5
 )
 
 // App is the `reverse_http` app: it owns the pools and their worker
@@ -145,6 +148,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// limits returns the pool limits pc sets.
+func (pc *PoolConfig) limits() poolLimits {
+	return poolLimits{
+		maxQueue:          pc.MaxQueue,
+		queueTimeout:      time.Duration(pc.QueueTimeout),
+		respTimeout:       time.Duration(pc.ResponseTimeout),
+		maxResponseHeader: DefaultMaxResponseHeader,
+		maxAttempts:       DefaultMaxAttempts,
+	}
+}
+
 func (pc *PoolConfig) provision(name string, repl *caddy.Replacer) error {
 	if err := pc.validate(name); err != nil {
 		return err
@@ -236,7 +250,7 @@ func isLoopback(na caddy.NetworkAddress) bool {
 // listeners. It does not block.
 func (a *App) Start() error {
 	for name, pc := range a.Pools {
-		a.pools[name].configure(pc.MaxQueue, time.Duration(pc.QueueTimeout), time.Duration(pc.ResponseTimeout),
+		a.pools[name].configure(pc.limits(),
 			a.logger.With(zap.String("pool", name)))
 	}
 	if tlsNames := a.tlsHostnames(); len(tlsNames) > 0 {

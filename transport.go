@@ -108,7 +108,7 @@ func (c *workerConn) roundTrip(req *http.Request) (*http.Response, error) {
 	var timedOut atomic.Bool
 	var timer *time.Timer
 	p.mu.Lock()
-	respTimeout := p.respTimeout
+	respTimeout := p.limits.respTimeout
 	p.mu.Unlock()
 	if respTimeout > 0 {
 		timer = time.AfterFunc(respTimeout, func() {

@@ -185,7 +185,7 @@ func (wl *workerListener) handshake(conn net.Conn) {
 	}
 	if wl.bare != nil {
 		_ = conn.SetDeadline(time.Time{})
-		wl.bare.pool.add(conn, nil, "")
+		wl.bare.pool.add(conn, nil, workerInfo{name: ""})
 		wl.logger.Debug("worker connected", zap.String("pool", wl.bare.pool.name), zap.String("remote", remote))
 		return
 	}
@@ -240,7 +240,7 @@ func (wl *workerListener) handshake(conn net.Conn) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	workerName := req.Header.Get(worker.WorkerHeader)
-	entry.pool.add(conn, br, workerName)
+	entry.pool.add(conn, br, workerInfo{name: workerName})
 	wl.logger.Debug("worker connected", zap.String("pool", name), zap.String("remote", remote), zap.String("worker", workerName))
 }
 
