@@ -60,6 +60,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.QueueTimeout < 0 {
 		return errors.New("queue_timeout must not be negative")
 	}
+	registerConsumerConns(ctx)
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:       rewrite,
 		Transport:     transport{},
@@ -95,17 +96,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		extra.Add(zap.String("request_id", id))
 	}
 
+	limits := h.pool.getLimits()
 	queueTimeout := time.Duration(h.QueueTimeout)
 	if queueTimeout == 0 {
-		h.pool.mu.Lock()
-		queueTimeout = h.pool.limits.queueTimeout
-		h.pool.mu.Unlock()
+		queueTimeout = limits.queueTimeout
 	}
-	j := &job{pool: h.pool, deadline: time.Now().Add(queueTimeout), w: w}
+	j := &job{pool: h.pool, limits: limits, deadline: time.Now().Add(queueTimeout), w: w, gone: consumerGone(r)}
 	// Wait for a worker here, before the proxy copies the request: a
 	// waiting request then holds as little memory as it can, a shallower
 	// goroutine stack included, which counts with thousands waiting.
 	j.conn, j.err = h.pool.acquire(r.Context(), j.deadline, false)
+	if j.err == nil && j.gone != nil && j.gone() {
+		// net/http cannot tell that an HTTP/1 consumer hung up while
+		// its request body is unread; the socket can.
+		h.pool.put(j.conn)
+		j.conn, j.err = nil, context.Canceled
+	}
 	if j.err == nil {
 		h.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), jobCtxKey{}, j)))
 		if j.conn != nil {
@@ -130,7 +136,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if c := h.logger.Check(zap.DebugLevel, "request failed"); c != nil {
 		c.Write(zap.String("pool", h.Pool), zap.String("request_id", id), zap.Int("status", status), zap.Error(j.err))
 	}
-	return caddyhttp.Error(status, j.err)
+	return caddyhttp.Error(status, fmt.Errorf("pool %s: %w", h.Pool, j.err))
 }
 
 // retryAfterSeconds is what a 503 advises a consumer to wait.
@@ -153,6 +159,12 @@ func errorStatus(err error) int {
 // rewrite sets the forwarding headers. Those the consumer sent are kept only
 // when it is a trusted proxy (Caddy's trusted_proxies).
 func rewrite(pr *httputil.ProxyRequest) {
+	if !hasContent(pr.In) {
+		// HTTP/3 (and HTTP/2 without END_STREAM on its headers) gives a
+		// bodiless GET an unknown length: it has no body, as reverse_proxy
+		// takes it, and must not wait for a 100 Continue.
+		pr.Out.Body, pr.Out.ContentLength = nil, 0
+	}
 	if trusted, _ := caddyhttp.GetVar(pr.In.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted {
 		pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
 		pr.SetXForwarded()
@@ -164,6 +176,21 @@ func rewrite(pr *httputil.ProxyRequest) {
 		return
 	}
 	pr.SetXForwarded()
+}
+
+// hasContent reports whether r may carry a body. HTTP/1 frames a body
+// explicitly, so a request of unknown length there is chunked and has one;
+// HTTP/2 and HTTP/3 leave the length of a request unknown until its stream
+// ends, so there, as for reverse_proxy, methods that take no body take none.
+func hasContent(r *http.Request) bool {
+	if r.ContentLength >= 0 || r.ProtoMajor < 2 {
+		return r.ContentLength != 0
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodDelete, http.MethodTrace:
+		return false
+	}
+	return true
 }
 
 // bufferPool recycles the buffers that copy response bodies.

@@ -270,7 +270,7 @@ func TestPoolDrain(t *testing.T) {
 // worker answers with serveCanned. It may run in any goroutine.
 func roundTripCanned(t *testing.T, p *Pool) {
 	t.Helper()
-	ctx := context.WithValue(t.Context(), jobCtxKey{}, &job{pool: p, deadline: far()})
+	ctx := context.WithValue(t.Context(), jobCtxKey{}, &job{pool: p, limits: p.getLimits(), deadline: far()})
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://worker/ping", nil)
 	if err != nil {
 		t.Error(err)
@@ -345,7 +345,7 @@ func TestPoolUnpollableConnection(t *testing.T) {
 // response without reading the body.
 func startJob(t *testing.T, p *Pool) *http.Response {
 	t.Helper()
-	ctx := context.WithValue(t.Context(), jobCtxKey{}, &job{pool: p, deadline: far()})
+	ctx := context.WithValue(t.Context(), jobCtxKey{}, &job{pool: p, limits: p.getLimits(), deadline: far()})
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://worker/ping", nil)
 	if err != nil {
 		t.Fatal(err)

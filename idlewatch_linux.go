@@ -3,33 +3,27 @@
 package reversehttp
 
 import (
-	"crypto/tls"
-	"errors"
-	"io"
-	"net"
 	"sync"
-	"syscall"
 	"time"
 
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
 // Idle connections are watched by one epoll instance for the whole process
 // instead of a goroutine each: with ten thousand idle workers their parked
-// goroutines' stacks were a third of the hub's memory. A connection is
-// registered once, when it joins its pool, with EPOLLONESHOT. A job that
-// runs on the connection disarms the registration before it writes its
-// request, and reads its response itself; put arms the registration again
-// when the connection goes idle, but not when it goes straight to the next
-// job. (Leaving the registration armed during jobs would cost no system
-// call, but the response would wake the poller's goroutine for every job,
-// which under load costs far more.) Readiness while the connection is idle
-// means the worker hung up or talked out of turn, as before: the
-// connection leaves the pool at once. Readiness reported while the
-// connection is busy (a late arm, or a hang-up while a request holds the
-// connection without a job running on it yet, can cause it) is ignored and
-// used up: put arms the registration again.
+// goroutines' stacks were a third of the hub's memory. The poller is the
+// pool's watcher in the sense of workerconn.go: it looks at a connection
+// only while the connection is idle, and only by peeking, under the pool's
+// lock; a taker disarms it before the job writes. A connection is
+// registered once, when it joins its pool, with EPOLLONESHOT; put arms the
+// registration when the connection becomes idle, but not when it goes
+// straight to the next job. (Leaving the registration armed during jobs
+// would cost no system call, but the response would wake the poller's
+// goroutine for every job, which under load costs far more.) Readiness
+// while the connection is idle means the worker hung up or talked out of
+// turn: the connection leaves the pool at once. Readiness reported while
+// the connection is not idle (a late arm can cause it) is ignored and uses
+// the registration up; put arms it again.
 //
 // The registration is level-triggered, so that a FIN or stray bytes that
 // arrived while the connection was busy, and that nobody has read when it
@@ -48,12 +42,10 @@ const idleEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 // wakeSlot marks the poller's own eventfd in event data.
 const wakeSlot = -1
 
-// pollState is what the poller knows of one connection.
+// pollState is what the poller knows of one connection: its registration,
+// its slot and the slot's generation. It does not change once set, so arming
+// needs no lock.
 type pollState struct {
-	raw syscall.RawConn // the socket under c.conn
-	tls bool            // c.conn is TLS over raw
-	// ev is the connection's registration: its slot and the slot's
-	// generation. It does not change once set, so arming needs no lock.
 	ev     unix.EpollEvent
 	arm    func(fd uintptr)
 	disarm func(fd uintptr)
@@ -102,40 +94,14 @@ func pollerInit() bool {
 	return poller.ok
 }
 
-// socketOf returns the socket under conn and whether conn is TLS over it.
-// Only connections whose every buffered byte the pool can see qualify: a
-// plain TCP or Unix connection, or crypto/tls over one (a TLS connection
-// buffers only what a worker sends out of turn).
-func socketOf(conn net.Conn) (syscall.RawConn, bool) {
-	wrapped := false
-	if tc, ok := conn.(*tls.Conn); ok {
-		conn, wrapped = tc.NetConn(), true
-	}
-	var sc syscall.Conn
-	switch conn := conn.(type) {
-	case *net.TCPConn:
-		sc = conn
-	case *net.UnixConn:
-		sc = conn
-	default:
-		return nil, false
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil, false
-	}
-	return raw, wrapped
-}
-
 // pollIdle registers c with the poller, which then watches it whenever it
 // is idle. It reports false if c cannot be polled; a goroutine must then
 // watch it. It is called once, before c is first handed out.
 func (c *workerConn) pollIdle() bool {
-	raw, wrapped := socketOf(c.conn)
+	raw := c.raw
 	if raw == nil || !pollerInit() {
 		return false
 	}
-	c.poll.raw, c.poll.tls = raw, wrapped
 	c.poll.arm = func(fd uintptr) {
 		// The registration exists until c closes, and c is open while
 		// the RawConn runs this; an error would mean it is closing.
@@ -165,7 +131,7 @@ func (c *workerConn) pollIdle() bool {
 	poller.mu.Unlock()
 
 	// Registered armed: an event before c is idle is ignored, and put
-	// arms it again when it is.
+	// arms it again when c becomes idle.
 	var err error
 	if cerr := raw.Control(func(fd uintptr) {
 		err = unix.EpollCtl(poller.epfd, unix.EPOLL_CTL_ADD, int(fd), &c.poll.ev)
@@ -181,42 +147,18 @@ func (c *workerConn) pollIdle() bool {
 	return true
 }
 
-// armIdle asks the poller to report c once it is readable. put calls it
-// when c becomes idle after a job quieted c or the poller reported it, and
-// checkIdle after a stale report.
-// Arming may run late, when c is busy again or closed: the poller then
-// ignores what it reports.
-func (c *workerConn) armIdle() {
-	_ = c.poll.raw.Control(c.poll.arm)
+// arm asks the poller to report c once it is readable. put calls it when
+// c becomes idle, and checkIdle after a stale report. Arming may run late,
+// when c has been taken again or closed: the poller then ignores what it
+// reports.
+func (c *workerConn) arm() {
+	_ = c.raw.Control(c.poll.arm)
 }
 
-// quietIdle disarms c's registration, unless it is already, for a job that
-// is about to run on c. Only the job holding c calls it.
-func (c *workerConn) quietIdle() {
-	if !c.polled || c.quiet {
-		return
-	}
-	c.quiet = true
-	_ = c.poll.raw.Control(c.poll.disarm)
-}
-
-// spoiled reports whether a connection that went straight from one job to
-// the next, so that no poller watched it in between, has ended or holds
-// bytes nobody asked for: the next job must not use it. Only the job
-// holding c calls it, before it writes anything.
-func (c *workerConn) spoiled() bool {
-	if !c.polled || !c.quiet {
-		return false
-	}
-	n, err := c.peek()
-	switch {
-	case err == unix.EAGAIN:
-		return false
-	case n > 0 && c.poll.tls:
-		// Perhaps a TLS record without data; the job finds out.
-		return false
-	}
-	return true
+// disarm quiets c's registration for a job that is about to run on c, so
+// that its response does not wake the poller. Only c's taker calls it.
+func (c *workerConn) disarm() {
+	_ = c.raw.Control(c.poll.disarm)
 }
 
 // unpoll takes c out of the poller before its connection closes.
@@ -226,7 +168,7 @@ func (c *workerConn) unpoll() {
 	}
 	// This fails only if the connection was closed underneath the pool,
 	// which already ended the registration.
-	_ = c.poll.raw.Control(func(fd uintptr) {
+	_ = c.raw.Control(func(fd uintptr) {
 		_ = unix.EpollCtl(poller.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 	})
 	freeSlot(c.poll.ev.Fd)
@@ -288,86 +230,57 @@ func pollLoop() {
 
 // checkIdle looks at c after the poller reported it readable. An idle
 // connection with something to read (bytes, end of file or an error)
-// leaves the pool; otherwise the report was stale and c is armed again.
+// leaves the pool; otherwise the report was stale and c is armed again. A
+// report about a connection that is not idle is ignored: its registration,
+// used up, is armed again when c next becomes idle.
 func (p *Pool) checkIdle(c *workerConn) {
 	p.mu.Lock()
-	if c.state != connIdle {
-		// A job holds c and reads its response, or c is gone. The
-		// report used up the registration: put arms it again.
-		c.reported = true
+	if c.getState() != stateIdle {
 		p.mu.Unlock()
 		return
 	}
-	// While c is idle under the lock no job reads from it, so whatever
+	// While c is idle under the lock nobody reads from it, so whatever
 	// the socket holds arrived out of turn.
 	n, err := c.peek()
 	if err == unix.EAGAIN {
 		p.mu.Unlock()
-		c.armIdle()
+		c.arm()
 		return
 	}
-	logger := p.logger
-	if n > 0 && c.poll.tls {
-		// The bytes may be a TLS record that carries no data: the
-		// worker's close_notify before it hangs up, or a key update on a
-		// connection that stays. Let TLS say which, as the watcher
-		// would have, in a goroutine of its own while the poller goes
-		// on. Meanwhile c counts as busy, so that no job takes it.
-		p.idle.remove(c)
-		p.markBusy(c)
-		c.reported = true // put arms it again if it stays
+	if n > 0 && c.tls {
+		// The bytes may be a TLS record that carries no data (a
+		// close_notify before a hang-up, or a key update on a connection
+		// that stays): TLS must read them to tell. The poller takes c as
+		// a request would, so that no job does meanwhile, and reads in a
+		// goroutine of its own while it goes on.
+		p.takeIdleLocked(c)
 		p.mu.Unlock()
-		go p.checkTLS(c, logger)
+		go p.checkTLS(c)
 		return
 	}
 	p.forget(c)
 	p.mu.Unlock()
 	c.close()
-	if n == 0 && err == nil {
-		err = io.EOF
+	switch {
+	case n > 0:
+		err = errOutOfTurn
+	case err == nil:
+		err = errHungUp
 	}
-	p.logDropped(logger, c, err)
+	p.logDropped(c, err)
 }
 
 // checkTLS reads what a worker sent on its idle TLS connection c, which
-// checkIdle set aside as busy. Data or an error (end of file after a
-// close_notify included) drop c; a record without data puts it back.
-func (p *Pool) checkTLS(c *workerConn, logger *zap.Logger) {
-	_ = c.conn.SetReadDeadline(time.Now().Add(tlsCheckTimeout))
-	n, err := c.conn.Read(c.src.one[:])
-	_ = c.conn.SetReadDeadline(time.Time{})
-	var ne net.Error
-	if n == 0 && (err == nil || errors.As(err, &ne) && ne.Timeout()) {
-		// No data came, and TLS saw no end: the connection stays, as it
-		// did with a watcher blocked in Read. (A record cut short stays
-		// in the TLS connection's buffer, to be read by the next job.)
-		p.put(c)
+// checkIdle took. A record without data puts c back.
+func (p *Pool) checkTLS(c *workerConn) {
+	_ = c.unwatch()
+	if err := c.readTLSRecord(tlsCheckTimeout); err != nil {
+		p.release(c, false)
+		p.logDropped(c, err)
 		return
 	}
-	p.release(c, false)
-	if n > 0 {
-		err = nil
-	}
-	p.logDropped(logger, c, err)
+	p.put(c)
 }
 
 // tlsCheckTimeout bounds how long checkTLS waits for a TLS record to end.
 const tlsCheckTimeout = time.Second
-
-// peek reports what c's socket holds without taking it: n > 0 for bytes,
-// 0 with a nil error at end of file, or the socket's error (EAGAIN when it
-// holds nothing).
-func (c *workerConn) peek() (n int, err error) {
-	var buf [1]byte
-	if cerr := c.poll.raw.Control(func(fd uintptr) {
-		for {
-			n, _, err = unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			if err != unix.EINTR {
-				return
-			}
-		}
-	}); cerr != nil {
-		return 0, cerr
-	}
-	return n, err
-}

@@ -14,15 +14,17 @@ import (
 )
 
 // rawWorker dials the hub, completes a ptth handshake for pool "jobs" and
-// returns the connection, ready to read a job.
-func rawWorker(t *testing.T, h *hub) (net.Conn, *bufio.Reader) {
+// returns the connection, ready to read a job. extra are more handshake
+// header lines.
+func rawWorker(t *testing.T, h *hub, extra ...string) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	conn, err := net.Dial("tcp", h.worker)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "GET /jobs HTTP/1.1\r\nHost: hub\r\nConnection: Upgrade\r\nUpgrade: PTTH/1.0\r\nAuthorization: Bearer secret\r\n\r\n")
+	fmt.Fprintf(conn, "GET /jobs HTTP/1.1\r\nHost: hub\r\nConnection: Upgrade\r\nUpgrade: PTTH/1.0\r\nAuthorization: Bearer secret\r\n%s\r\n",
+		strings.Join(append(extra, ""), "\r\n"))
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
@@ -41,21 +43,28 @@ func TestRequeueWhenNeverStarted(t *testing.T) {
 		body    string
 		header  string
 		act     func(conn net.Conn) // what the raw worker does once it has read the request head
+		accept  bool                // the raw worker speaks the accept feature
 		replays bool
 	}{
-		{"declined GET", "GET", "", "", decline, true},
-		{"declined POST keeps its body", "POST", "payload", "", decline, true},
-		{"closed before 100 Continue", "POST", "payload", "", hangUp, true},
-		{"GET closed before any response byte", "GET", "", "", hangUp, false},
-		{"GET with an idempotency key", "GET", "", "Idempotency-Key", hangUp, true},
-		{"bodiless POST closed before any response byte", "POST", "", "", hangUp, false},
-		{"bodiless POST with an idempotency key", "POST", "", "Idempotency-Key", hangUp, true},
-		{"closed after 100 Continue", "POST", "payload", "", continueThenHangUp, false},
+		{"declined GET", "GET", "", "", decline, false, true},
+		{"declined POST keeps its body", "POST", "payload", "", decline, false, true},
+		{"closed before accepting with 100 Continue", "POST", "payload", "", hangUp, true, true},
+		{"reset before accepting with 100 Continue", "POST", "payload", "", reset, true, false},
+		{"closed before 100 Continue without the accept feature", "POST", "payload", "", hangUp, false, false},
+		{"GET closed before any response byte", "GET", "", "", hangUp, true, false},
+		{"GET with an idempotency key", "GET", "", "Idempotency-Key", hangUp, true, false},
+		{"bodiless POST closed before any response byte", "POST", "", "", hangUp, true, false},
+		{"bodiless POST with an idempotency key", "POST", "", "Idempotency-Key", hangUp, true, false},
+		{"closed after 100 Continue", "POST", "payload", "", continueThenHangUp, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHub(t, basicConfig)
 			p := livePool(t, "jobs")
-			conn, br := rawWorker(t, h)
+			var extra []string
+			if tc.accept {
+				extra = append(extra, worker.FeaturesHeader+": "+worker.FeatureAccept)
+			}
+			conn, br := rawWorker(t, h, extra...)
 			waitFor(t, "the raw worker's connection", func() bool { return p.Stats().Idle == 1 })
 			startWorker(t, h, "jobs", "secret", 1, echoHandler())
 
@@ -101,6 +110,13 @@ func decline(conn net.Conn) {
 }
 
 func hangUp(conn net.Conn) { conn.Close() }
+
+// reset closes conn with a TCP reset: bytes the worker sent just before may
+// be lost, so the hub cannot tell whether it accepted the job.
+func reset(conn net.Conn) {
+	conn.(*net.TCPConn).SetLinger(0)
+	conn.Close()
+}
 
 func continueThenHangUp(conn net.Conn) {
 	io.WriteString(conn, "HTTP/1.1 100 Continue\r\n\r\n")

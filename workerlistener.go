@@ -185,7 +185,9 @@ func (wl *workerListener) handshake(conn net.Conn) {
 	}
 	if wl.bare != nil {
 		_ = conn.SetDeadline(time.Time{})
-		wl.bare.pool.add(conn, nil, workerInfo{name: ""})
+		// A POTHEAD worker's server answers 100 Continue before it calls
+		// the app: its 100 means what the accept feature's does.
+		wl.bare.pool.add(conn, nil, workerInfo{features: features{accept: true}})
 		wl.logger.Debug("worker connected", zap.String("pool", wl.bare.pool.name), zap.String("remote", remote))
 		return
 	}
@@ -233,6 +235,11 @@ func (wl *workerListener) handshake(conn net.Conn) {
 		ProtoMajor: 1, ProtoMinor: 1,
 		Header: http.Header{"Connection": {"Upgrade"}, "Upgrade": {worker.UpgradeToken}},
 	}
+	var feats features
+	if httpguts.HeaderValuesContainsToken(req.Header[worker.FeaturesHeader], worker.FeatureAccept) {
+		feats.accept = true
+		resp.Header.Set(worker.FeaturesHeader, worker.FeatureAccept)
+	}
 	if err := resp.Write(conn); err != nil {
 		wl.logger.Debug("worker left during handshake", zap.String("remote", remote), zap.Error(err))
 		conn.Close()
@@ -240,7 +247,7 @@ func (wl *workerListener) handshake(conn net.Conn) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	workerName := req.Header.Get(worker.WorkerHeader)
-	entry.pool.add(conn, br, workerInfo{name: workerName})
+	entry.pool.add(conn, br, workerInfo{name: workerName, features: feats})
 	wl.logger.Debug("worker connected", zap.String("pool", name), zap.String("remote", remote), zap.String("worker", workerName))
 }
 
