@@ -146,7 +146,8 @@ const retryAfterSeconds = 1
 // status the consumer sees.
 func errorStatus(err error) int {
 	switch {
-	case errors.Is(err, errQueueFull), errors.Is(err, errQueueTimeout), errors.Is(err, errPoolClosed):
+	case errors.Is(err, errQueueFull), errors.Is(err, errQueueTimeout), errors.Is(err, errPoolClosed),
+		errors.Is(err, errTooManyAttempts):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errResponseTimeout):
 		return http.StatusGatewayTimeout

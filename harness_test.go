@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -84,6 +85,39 @@ func (h *hub) load(template string) {
 	if err := h.tryLoad(template); err != nil {
 		h.t.Fatalf("loading config: %v", err)
 	}
+	h.waitOneListener()
+}
+
+// waitOneListener waits until the old config's sockets on the site and
+// worker ports have closed. Caddy opens a new socket (SO_REUSEPORT) for
+// each config and, when a reload returns, may not have closed the old one
+// yet: a connection the kernel hands to the old socket meanwhile is reset
+// when it closes, which has nothing to do with what a test checks.
+func (h *hub) waitOneListener() {
+	h.t.Helper()
+	for _, addr := range []string{strings.TrimPrefix(h.site, "http://"), h.worker} {
+		_, port, _ := net.SplitHostPort(addr)
+		n, _ := strconv.Atoi(port)
+		waitFor(h.t, "one listening socket on port "+port, func() bool { return listeningSockets(n) <= 1 })
+	}
+}
+
+// listeningSockets counts the TCP sockets listening on port (Linux; -1
+// where /proc does not tell).
+func listeningSockets(port int) int {
+	data, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return -1
+	}
+	want := fmt.Sprintf(":%04X", port)
+	n := 0
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && strings.HasSuffix(f[1], want) && f[3] == "0A" {
+			n++
+		}
+	}
+	return n
 }
 
 func (h *hub) tryLoad(template string) error {
@@ -121,32 +155,8 @@ func livePool(t testing.TB, name string) *Pool {
 // the pool holds all its connections idle.
 func startWorker(t testing.TB, h *hub, pool, token string, slots int, handler http.Handler) context.CancelFunc {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	w, err := worker.New(worker.Config{
-		Hub: h.worker, Pool: pool, Token: token, Slots: slots, Name: "test-worker",
-		Handler: handler, DrainTimeout: 5 * time.Second,
-		Logger: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	stop := func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("worker: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("worker did not stop")
-		}
-	}
-	t.Cleanup(func() {
-		if ctx.Err() == nil {
-			stop()
-		}
+	w, stop, done := newWorker(t, worker.Config{
+		Hub: h.worker, Pool: pool, Token: token, Slots: slots, Name: "test-worker", Handler: handler,
 	})
 	p := livePool(t, pool)
 	deadline := time.Now().Add(10 * time.Second)
@@ -161,8 +171,44 @@ func startWorker(t testing.TB, h *hub, pool, token string, slots int, handler ht
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return stop
+}
+
+// runWorker runs an in-process worker with cfg (quiet, a short drain) and
+// returns the function that stops it, which the test's cleanup calls too.
+func runWorker(t testing.TB, cfg worker.Config) func() {
+	t.Helper()
+	_, stop, _ := newWorker(t, cfg)
+	return stop
+}
+
+func newWorker(t testing.TB, cfg worker.Config) (*worker.Worker, func(), <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg.DrainTimeout = 5 * time.Second
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	w, err := worker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
 	var once sync.Once
-	return func() { once.Do(stop) }
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("worker: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("worker did not stop")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return w, stop, done
 }
 
 // get sends a request to the hub's site and returns status, headers and body.

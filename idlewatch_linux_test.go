@@ -495,3 +495,36 @@ func TestIdleWatchHangupBetweenJobs(t *testing.T) {
 	serveCanned(workerSide(t, p))
 	<-second
 }
+
+// TestIdleWatchTLSHangupBetweenJobs is TestIdleWatchHangupBetweenJobs over
+// TLS: the worker's close_notify reaches the hub before its FIN, and the
+// check before the next job must read it as the hang-up it is, so that the
+// waiting GET goes to the next worker instead of failing with 502.
+func TestIdleWatchTLSHangupBetweenJobs(t *testing.T) {
+	p := testPool(10)
+	w, _ := tlsWorker(t, p)
+	waitFor(t, "idle", func() bool { return p.Stats().Idle == 1 })
+	answerOnce(w, cannedResponse)
+	first := startJob(t, p)
+	second := make(chan struct{})
+	go func() {
+		defer close(second)
+		roundTripCanned(t, p)
+	}()
+	waitFor(t, "the second request to wait", func() bool { return p.Stats().Waiting == 1 })
+	w.Close() // close_notify, then FIN
+	waitFor(t, "the hang-up to reach the hub", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for c := range p.conns {
+			if n, err := c.peek(); n > 0 && err == nil {
+				return true
+			}
+		}
+		return false
+	})
+	io.Copy(io.Discard, first.Body)
+	first.Body.Close()
+	serveCanned(workerSide(t, p))
+	<-second
+}
