@@ -102,18 +102,26 @@ func (h *hub) waitOneListener() {
 	}
 }
 
-// listeningSockets counts the TCP sockets listening on port (Linux; -1
-// where /proc does not tell).
+// listeningSockets counts this process's TCP sockets listening on port
+// (Linux; -1 where /proc does not tell). Other processes' sockets do not
+// count: with SO_REUSEPORT another test binary may listen on the same port.
 func listeningSockets(port int) int {
 	data, err := os.ReadFile("/proc/net/tcp")
 	if err != nil {
 		return -1
 	}
+	fds, _ := os.ReadDir("/proc/self/fd")
+	mine := make(map[string]bool, len(fds))
+	for _, fd := range fds {
+		if link, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil {
+			mine[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")] = true
+		}
+	}
 	want := fmt.Sprintf(":%04X", port)
 	n := 0
 	for _, line := range strings.Split(string(data), "\n")[1:] {
 		f := strings.Fields(line)
-		if len(f) > 3 && strings.HasSuffix(f[1], want) && f[3] == "0A" {
+		if len(f) > 9 && strings.HasSuffix(f[1], want) && f[3] == "0A" && mine[f[9]] {
 			n++
 		}
 	}
