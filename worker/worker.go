@@ -56,8 +56,14 @@ type Config struct {
 	// DrainTimeout bounds how long running jobs may take to finish once
 	// the context given to Run is done. Zero means DefaultDrainTimeout.
 	DrainTimeout time.Duration
-	// Handler serves the jobs.
+	// Handler serves the jobs. The Worker accepts each job (see [Accept])
+	// right before it calls Handler, unless Handler comes from
+	// [AcceptLater] or is a [Forwarder].
 	Handler http.Handler
+	// Health, if not nil, is what Handler depends on: while it is down the
+	// Worker holds no connections to the hub. Nil means the Handler's own,
+	// if it has a method Health() *Health (as a [Forwarder] does).
+	Health *Health
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -92,8 +98,10 @@ func fatalStatus(code int) bool {
 // Worker serves a Handler over connections to a hub. Create it with New; a
 // Worker runs once.
 type Worker struct {
-	cfg Config
-	log *slog.Logger
+	cfg        Config
+	log        *slog.Logger
+	health     *Health // nil: the Handler cannot be unhealthy
+	lateAccept bool    // the Handler accepts its jobs itself
 
 	connected     atomic.Int64 // handshaken connections not yet closed
 	everConnected atomic.Bool  // a handshake has succeeded at least once
@@ -158,7 +166,14 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Worker{cfg: cfg, log: cfg.Logger}, nil
+	w := &Worker{cfg: cfg, log: cfg.Logger, health: cfg.Health}
+	if w.health == nil {
+		if hh, ok := cfg.Handler.(interface{ Health() *Health }); ok {
+			w.health = hh.Health()
+		}
+	}
+	_, w.lateAccept = cfg.Handler.(selfAccepting)
+	return w, nil
 }
 
 // validHeaderValue rejects control characters (CR, LF in particular), which
@@ -178,19 +193,24 @@ func (w *Worker) Connected() int { return int(w.connected.Load()) }
 // lets running jobs finish for up to DrainTimeout (their responses carry
 // "Connection: close"), closes whatever is left, and returns nil.
 //
-// Failures to connect are logged and retried with exponential backoff. If
-// the hub rejects the very first handshake with 400, 401, 403 or 404, Run
-// returns a *HandshakeError at once.
+// Failures to connect are logged and retried with exponential backoff.
+// Until a first handshake succeeds, a mistake that retrying cannot heal ends
+// Run at once: a rejection with 400, 401, 403 or 404 returns a
+// *HandshakeError, and a TLS setting that does not fit the hub's returns a
+// *SetupError.
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.ran.CompareAndSwap(false, true) {
 		return errors.New("worker: Run called twice")
 	}
 	l := newHubListener(w)
-	t := &connTracker{conns: make(map[net.Conn]http.ConnState)}
+	t := &connTracker{conns: make(map[net.Conn]http.ConnState), health: w.health}
 	srv := &http.Server{
-		Handler:   w.cfg.Handler,
+		Handler:   http.HandlerFunc(w.serveJob),
 		ConnState: t.hook,
-		ErrorLog:  slog.NewLogLogger(w.log.Handler(), slog.LevelWarn),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, hubConnKey{}, c)
+		},
+		ErrorLog: slog.NewLogLogger(w.log.Handler(), slog.LevelWarn),
 		// No ReadTimeout, ReadHeaderTimeout or IdleTimeout: a worker waits
 		// for jobs as long as the hub likes.
 	}
@@ -200,6 +220,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	var slots sync.WaitGroup
 	for i := range w.cfg.Slots {
 		slots.Go(func() { w.slotLoop(l, i, fatal) })
+	}
+	if w.health != nil {
+		slots.Go(func() { w.watchHealth(l.ctx, t) })
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
@@ -243,12 +266,14 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // connTracker follows the state of every connection the server holds, so
-// that a drain can close new and idle ones straight away. (Server.Shutdown
-// alone treats a connection in StateNew as idle only after five seconds.)
+// that a drain, or a Health gone down, can close new and idle ones straight
+// away. (Server.Shutdown alone treats a connection in StateNew as idle only
+// after five seconds.)
 type connTracker struct {
 	mu       sync.Mutex
 	conns    map[net.Conn]http.ConnState
 	draining bool
+	health   *Health // may be nil
 }
 
 func (t *connTracker) hook(c net.Conn, s http.ConnState) {
@@ -262,14 +287,16 @@ func (t *connTracker) hook(c net.Conn, s http.ConnState) {
 	default:
 		t.conns[c] = s
 	}
-	closeNow := t.draining && (s == http.StateNew || s == http.StateIdle)
+	closeNow := (s == http.StateNew || s == http.StateIdle) &&
+		(t.draining || t.health != nil && t.health.Err() != nil)
 	t.mu.Unlock()
 	if closeNow {
 		c.Close()
 	}
 }
 
-// setDraining makes the hook close connections that become new or idle.
+// setDraining makes the hook close connections that become new or idle
+// from now on; so does a Health that is down.
 func (t *connTracker) setDraining() {
 	t.mu.Lock()
 	t.draining = true
