@@ -9,10 +9,10 @@ import (
 	"github.com/reversehttp/reverse_http/worker"
 )
 
-// caddyLocalRoot is where Caddy keeps the root of its local CA (local_certs,
-// tls internal) by default.
-const caddyLocalRoot = "$XDG_DATA_HOME/caddy/pki/authorities/local/root.crt " +
-	"(by default ~/.local/share/caddy/pki/authorities/local/root.crt) on the hub's machine"
+// caddyLocalRoot says where Caddy keeps the root of its local CA
+// (local_certs, tls internal).
+const caddyLocalRoot = "for Caddy's local_certs that is ~/.local/share/caddy/pki/authorities/local/root.crt " +
+	"on the hub's machine (under $XDG_DATA_HOME/caddy if that is set)"
 
 // hint says, in terms of the command line, how to fix the error that ended
 // the worker; "" if there is nothing to add.
@@ -28,9 +28,9 @@ func (o *options) hint(err error) string {
 	switch se.Problem {
 	case worker.UntrustedHub:
 		if o.ca != "" {
-			return fmt.Sprintf("no CA in --ca %s signed the hub's certificate: pass the one that did (with Caddy's local_certs: its root at %s)", o.ca, caddyLocalRoot)
+			return fmt.Sprintf("no CA in --ca %s signed the hub's certificate: pass the one that did; %s", o.ca, caddyLocalRoot)
 		}
-		return "pass --ca FILE with the CA that signed the hub's certificate (with Caddy's local_certs: its root at " + caddyLocalRoot + ")"
+		return "pass --ca FILE with the CA that signed the hub's certificate; " + caddyLocalRoot
 	case worker.WrongServerName:
 		var he x509.HostnameError
 		if errors.As(err, &he) && he.Certificate != nil {
