@@ -162,7 +162,11 @@ func (w *Worker) slotLoop(l *hubListener, slot int, fatal chan<- error) {
 			}
 			d := backoff(attempt)
 			attempt++
-			log.Warn("cannot connect to hub", "hub", w.cfg.Hub, "pool", w.cfg.Pool, "err", err, "retry_in", d.Round(time.Millisecond))
+			attrs := []any{"hub", w.cfg.Hub, "pool", w.cfg.Pool, "err", err, "retry_in", d.Round(time.Millisecond)}
+			if h := w.retryHint(err); h != "" {
+				attrs = append(attrs, "hint", h)
+			}
+			log.Warn("cannot connect to hub", attrs...)
 			if !sleepCtx(l.ctx, d) {
 				return
 			}

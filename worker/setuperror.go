@@ -82,6 +82,10 @@ var clientCertAlerts = []tls.AlertError{42, 43, 44, 45, 46, 48, 116}
 // when the client gave no certificate, as well as for other failures.
 const alertHandshakeFailure tls.AlertError = 40
 
+// alertInternalError is what Caddy sends when it has no certificate for the
+// name the client asked for, perhaps because it is still obtaining one.
+const alertInternalError tls.AlertError = 80
+
 // permanent returns the error that should end Run, made from err, an error
 // of a first connection attempt; nil if err may heal.
 func (w *Worker) permanent(err error) error {
@@ -155,6 +159,22 @@ func remoteAlert(err error) (tls.AlertError, bool) {
 		}
 	}
 	return 0, false
+}
+
+// retryHint says what a failure that is retried may mean, where crypto/tls
+// is terse; "" if there is nothing to add.
+func (w *Worker) retryHint(err error) string {
+	if w.cfg.TLS == nil {
+		return ""
+	}
+	if a, ok := remoteAlert(err); ok && a == alertInternalError {
+		name := w.cfg.TLS.ServerName
+		if name == "" {
+			name, _, _ = net.SplitHostPort(w.cfg.Hub)
+		}
+		return "the hub may have no certificate for " + name + " (yet)"
+	}
+	return ""
 }
 
 // mentionsTLS reports whether a hub's rejection reason says that the

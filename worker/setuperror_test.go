@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/reversehttp/reverse_http/worker/internal/testpki"
+	"github.com/reversehttp/reverse_http/internal/testpki"
 )
 
 // newTLSHubWith is a test hub behind a TLS listener configured by cfg.

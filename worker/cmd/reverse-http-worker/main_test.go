@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/reversehttp/reverse_http/worker"
-	"github.com/reversehttp/reverse_http/worker/internal/testpki"
+	"github.com/reversehttp/reverse_http/internal/testpki"
 )
 
 func TestFlags(t *testing.T) {
