@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/reversehttp/reverse_http/worker"
 	"github.com/reversehttp/reverse_http/internal/testpki"
+	"github.com/reversehttp/reverse_http/worker"
 )
 
 func TestFlags(t *testing.T) {
