@@ -11,6 +11,39 @@
 // net/http does all of the HTTP work: 100-continue, chunking, keep-alive, and
 // cancelling a handler's context when the hub closes the connection.
 //
+// # Accepting and declining jobs
+//
+// A job that the hub sends with "Expect: 100-continue", on a connection
+// where both sides agreed on the "accept" feature in the handshake, is
+// accepted with "100 Continue": from that moment the job may have run, and
+// the hub never gives it to another worker. Before it, the worker may
+// decline the job ([Decline]), and a connection that ends cleanly tells the
+// hub that the job never started, so that it can run elsewhere.
+//
+// By default the Worker accepts each such job right before it calls the
+// Handler, so the point is honest whatever the Handler does. A Handler that
+// needs a later point (it wants to secure a resource first, or to decline
+// some jobs) is wrapped with [AcceptLater] and calls [Accept] itself, or
+// [Decline]. The [Forwarder] accepts once it holds a connection to its
+// upstream and declines when the upstream cannot be reached. On
+// connections without the feature (an older hub, or the pothead protocol)
+// nothing changes: net/http answers "100 Continue" when the Handler first
+// reads the body.
+//
+// # Health
+//
+// A Worker whose [Config.Health] (or its Handler's, as a Forwarder's) is
+// down holds no connections to the hub: it closes its idle ones and does
+// not redial until a probe succeeds. So a worker that cannot do its jobs
+// does not take them.
+//
+// # Errors at start-up
+//
+// Until a first handshake has succeeded, mistakes that retrying cannot heal
+// end [Worker.Run]: a rejected handshake ([HandshakeError]) and TLS
+// settings that do not fit the hub's ([SetupError]). Everything else, and
+// everything after a first success, is logged and retried with backoff.
+//
 // Only the standard library is used, so a worker binary stays small.
 package worker
 
