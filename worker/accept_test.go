@@ -118,6 +118,7 @@ func TestNoAcceptWithoutFeature(t *testing.T) {
 // often it calls Accept) and then reads the body.
 func TestAcceptLater(t *testing.T) {
 	hub := newAcceptHub(t)
+	release := make(chan struct{})
 	startWorker(t, hub, Config{Handler: AcceptLater(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/decline" {
 			Decline(w)
@@ -125,6 +126,7 @@ func TestAcceptLater(t *testing.T) {
 		}
 		Accept(r)
 		Accept(r)
+		<-release // the 100 is out before the handler goes on
 		echoBody(w, r)
 	}))})
 	s := hub.next(t)
@@ -140,6 +142,7 @@ func TestAcceptLater(t *testing.T) {
 	if resp, _ := s.read(t, nil); resp.StatusCode != http.StatusContinue {
 		t.Fatalf("got %d, want 100", resp.StatusCode)
 	}
+	close(release)
 	io.WriteString(s.c, "hello")
 	if resp, body := s.read(t, nil); resp.StatusCode != 200 || body != "got hello" {
 		t.Fatalf("got %d %q, want a single 100 and then 200", resp.StatusCode, body)

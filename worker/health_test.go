@@ -56,6 +56,14 @@ func TestForwarderAccepts(t *testing.T) {
 			t.Fatalf("round %d: got %d %q, want one 100 and then 200", i, resp.StatusCode, body)
 		}
 	}
+	// Without a body, only the acceptance sends the 100.
+	fmt.Fprintf(s.c, "GET /x HTTP/1.1\r\nHost: job.example\r\nExpect: 100-continue\r\n\r\n")
+	if resp, _ := s.read(t, nil); resp.StatusCode != http.StatusContinue {
+		t.Fatalf("bodiless: got %d, want 100", resp.StatusCode)
+	}
+	if resp, body := s.read(t, nil); resp.StatusCode != 200 || body != "got " {
+		t.Fatalf("bodiless: got %d %q", resp.StatusCode, body)
+	}
 }
 
 // TestForwarderUpstreamDown: a worker whose upstream is down declines the
