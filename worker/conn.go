@@ -3,15 +3,10 @@ package worker
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
-	"fmt"
-	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
-	"net/http"
-	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,9 +24,6 @@ var (
 	minHealthyLife = 5 * time.Second
 )
 
-// maxReasonBytes bounds how much of a rejection body is read.
-const maxReasonBytes = 1024
-
 // backoff returns the delay before retry number attempt (0-based):
 // "full jitter", uniformly random in [0, min(backoffMax, backoffMin*2^attempt)).
 func backoff(attempt int) time.Duration {
@@ -41,10 +33,15 @@ func backoff(attempt int) time.Duration {
 			ceiling = d
 		}
 	}
-	if ceiling <= 0 {
+	return jitter(ceiling)
+}
+
+// jitter returns a random duration in [0, d).
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
 		return 0
 	}
-	return rand.N(ceiling)
+	return rand.N(d)
 }
 
 // hubListener is the net.Listener given to http.Server.Serve. Each slot
@@ -113,6 +110,9 @@ type hubConn struct {
 	// Nil with the pothead protocol.
 	br *bufio.Reader
 
+	// accept: the hub agreed on FeatureAccept in the handshake.
+	accept bool
+
 	released  chan struct{} // closed by the first Close: the slot is free
 	closeOnce sync.Once
 	start     time.Time
@@ -135,50 +135,46 @@ func (c *hubConn) Close() error {
 
 // slotLoop keeps one connection to the hub open for as long as the listener
 // is: it dials, hands the connection to Accept, waits for it to be closed,
-// and dials again. Failures are retried with backoff; a rejection of the
-// very first handshake is sent to fatal and ends the loop.
+// and dials again. While the Worker's Health is down it does not dial.
+// Failures are retried with backoff; one that retrying cannot heal, before
+// any handshake has succeeded, is sent to fatal and ends the loop.
 func (w *Worker) slotLoop(l *hubListener, slot int, fatal chan<- error) {
 	log := w.log.With("slot", slot)
 	attempt := 0
-	wait := func(d time.Duration) bool {
-		if d <= 0 {
-			return l.ctx.Err() == nil
-		}
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return true
-		case <-l.ctx.Done():
-			return false
-		}
-	}
 	for l.ctx.Err() == nil && !w.stopping.Load() {
+		if w.health != nil && !w.health.waitUp(l.ctx) {
+			return
+		}
 		c, err := w.connect(l.ctx)
 		if err != nil {
 			if l.ctx.Err() != nil {
 				return
 			}
-			var he *HandshakeError
-			if errors.As(err, &he) && fatalStatus(he.Status) && !w.everConnected.Load() {
-				log.Error("handshake rejected", "hub", w.cfg.Hub, "pool", w.cfg.Pool, "status", he.Status, "reason", he.Reason)
-				select {
-				case fatal <- he:
-				default:
+			if !w.everConnected.Load() {
+				if ferr := w.permanent(err); ferr != nil {
+					w.logFatal(log, ferr)
+					select {
+					case fatal <- ferr:
+					default:
+					}
+					return
 				}
-				return
 			}
 			d := backoff(attempt)
 			attempt++
-			log.Warn("cannot connect to hub", "hub", w.cfg.Hub, "pool", w.cfg.Pool, "err", err, "retry_in", d.Round(time.Millisecond))
-			if !wait(d) {
+			attrs := []any{"hub", w.cfg.Hub, "pool", w.cfg.Pool, "err", err, "retry_in", d.Round(time.Millisecond)}
+			if h := w.retryHint(err); h != "" {
+				attrs = append(attrs, "hint", h)
+			}
+			log.Warn("cannot connect to hub", attrs...)
+			if !sleepCtx(l.ctx, d) {
 				return
 			}
 			continue
 		}
 		w.everConnected.Store(true)
 		w.connected.Add(1)
-		log.Debug("connected", "hub", w.cfg.Hub, "pool", w.cfg.Pool, "local", c.LocalAddr())
+		log.Debug("connected", "hub", w.cfg.Hub, "pool", w.cfg.Pool, "local", c.LocalAddr(), "accept", c.accept)
 
 		select {
 		case l.conns <- c:
@@ -191,97 +187,30 @@ func (w *Worker) slotLoop(l *hubListener, slot int, fatal chan<- error) {
 		lived := time.Since(c.start)
 		log.Debug("disconnected", "hub", w.cfg.Hub, "jobs", jobs, "after", lived.Round(time.Millisecond))
 
-		if jobs > 0 || lived >= minHealthyLife {
-			attempt = 0 // healthy: redial at once
+		if jobs > 0 || lived >= minHealthyLife || w.unhealthy() {
+			attempt = 0 // healthy, or closed because the Health is down: no backoff
 			continue
 		}
 		d := backoff(attempt)
 		attempt++
 		log.Debug("hub closed a fresh connection without a job", "retry_in", d.Round(time.Millisecond))
-		if !wait(d) {
+		if !sleepCtx(l.ctx, d) {
 			return
 		}
 	}
 }
 
-// connect dials the hub and, for ptth, performs the handshake.
-func (w *Worker) connect(ctx context.Context) (*hubConn, error) {
-	nd := &net.Dialer{
-		Timeout: dialTimeout,
-		KeepAliveConfig: net.KeepAliveConfig{
-			Enable:   true,
-			Idle:     15 * time.Second,
-			Interval: 5 * time.Second,
-			Count:    3,
-		},
-	}
-	var (
-		conn net.Conn
-		err  error
-	)
-	if w.cfg.TLS != nil {
-		td := &tls.Dialer{NetDialer: nd, Config: w.cfg.TLS}
-		conn, err = td.DialContext(ctx, "tcp", w.cfg.Hub)
-	} else {
-		conn, err = nd.DialContext(ctx, "tcp", w.cfg.Hub)
-	}
-	if err != nil {
-		return nil, err
-	}
-	c := &hubConn{Conn: conn, released: make(chan struct{}), start: time.Now()}
-	if w.cfg.Protocol == ProtocolPothead {
-		return c, nil
-	}
-	br, err := w.handshake(ctx, conn)
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	c.br = br
-	return c, nil
-}
+// unhealthy reports whether the Worker's Health is down.
+func (w *Worker) unhealthy() bool { return w.health != nil && w.health.Err() != nil }
 
-// handshake sends the PTTH upgrade request and reads the hub's answer. It
-// returns the reader holding any bytes that followed the 101 response.
-func (w *Worker) handshake(ctx context.Context, conn net.Conn) (*bufio.Reader, error) {
-	conn.SetDeadline(time.Now().Add(handshakeTimeout))
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-
-	var b strings.Builder
-	fmt.Fprintf(&b, "GET /%s HTTP/1.1\r\n", url.PathEscape(w.cfg.Pool))
-	fmt.Fprintf(&b, "Host: %s\r\n", w.cfg.Hub)
-	b.WriteString("Connection: Upgrade\r\n")
-	b.WriteString("Upgrade: " + UpgradeToken + "\r\n")
-	if w.cfg.Token != "" {
-		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", w.cfg.Token)
+// logFatal logs the error that ends Run.
+func (w *Worker) logFatal(log *slog.Logger, err error) {
+	var se *SetupError
+	var he *HandshakeError
+	switch {
+	case errors.As(err, &se):
+		log.Error("cannot connect to hub", "hub", w.cfg.Hub, "pool", w.cfg.Pool, "problem", se.Problem.String(), "err", se.Err)
+	case errors.As(err, &he):
+		log.Error("handshake rejected", "hub", w.cfg.Hub, "pool", w.cfg.Pool, "status", he.Status, "reason", he.Reason)
 	}
-	if w.cfg.Name != "" {
-		fmt.Fprintf(&b, "%s: %s\r\n", WorkerHeader, w.cfg.Name)
-	}
-	b.WriteString("\r\n")
-	if _, err := io.WriteString(conn, b.String()); err != nil {
-		return nil, fmt.Errorf("sending handshake: %w", err)
-	}
-
-	br := bufio.NewReader(conn)
-	req := &http.Request{Method: http.MethodGet}
-	resp, err := http.ReadResponse(br, req)
-	if err != nil {
-		return nil, fmt.Errorf("reading handshake response: %w", err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		reason, _ := io.ReadAll(io.LimitReader(resp.Body, maxReasonBytes))
-		resp.Body.Close()
-		return nil, &HandshakeError{Status: resp.StatusCode, Reason: strings.TrimSpace(string(reason))}
-	}
-	// A 101 response has no body, so br now holds only what follows it.
-	stop()
-	if err := conn.SetDeadline(time.Time{}); err != nil {
-		return nil, err
-	}
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	return br, nil
 }

@@ -2,23 +2,28 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"slices"
 	"strconv"
+	"sync/atomic"
 )
 
 // Decline tells the hub that this worker does not take the job, so that the
-// hub requeues it on another connection. Call it before reading the request
-// body, and write nothing else. It answers 503 with "Reverse-Http-Declined: 1"
-// and "Connection: close", then closes the connection (when w allows
-// hijacking): a request body that the hub holds back waiting for
-// "100 Continue" would otherwise leave the connection stuck. The slot is
-// redialled at once.
+// hub requeues it on another connection. Call it before accepting the job
+// (see [Accept]: a handler that may decline must come from [AcceptLater])
+// and before reading the request body, and write nothing else. It answers
+// 503 with "Reverse-Http-Declined: 1" and "Connection: close", then closes
+// the connection at once (when w allows hijacking) rather than letting
+// net/http first drain or wait for a request body it will not use. The
+// slot is redialled at once.
 func Decline(w http.ResponseWriter) {
 	h := w.Header()
 	h.Set(DeclinedHeader, "1")
@@ -42,29 +47,54 @@ const declinedBody = "declined\n"
 // forwardedHeaders are set by the hub and passed upstream unchanged.
 var forwardedHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
-// NewForwarder returns a handler that forwards each job to upstream, an
-// absolute http or https URL whose path (if any) prefixes the job's path.
+// Forwarder is a Handler that forwards each job to an upstream HTTP server.
+// Create it with NewForwarder.
+//
+// It accepts a job (see [Accept]) once it holds a connection to the
+// upstream, before it writes the request there. If the upstream cannot be
+// reached it declines the job, so that the hub gives it to another worker
+// at once, and marks its [Forwarder.Health] down: a Worker serving it then
+// holds no connections to the hub until a TCP dial (and TLS handshake, for
+// https) to the upstream succeeds again. A failure after the request was
+// written upstream answers 502 Bad Gateway, since the job may have run.
+type Forwarder struct {
+	upstream *url.URL
+	log      *slog.Logger
+	rp       *httputil.ReverseProxy
+	health   *Health
+	dialer   *net.Dialer
+	tls      *tls.Config // for https upstreams
+}
+
+// NewForwarder returns a Forwarder to upstream, an absolute http or https
+// URL whose path (if any) prefixes the job's path.
 //
 // The job's Host header and the Forwarded/X-Forwarded-* headers the hub set
 // are passed on as they are. Request and response bodies are streamed, never
 // buffered, and responses are flushed as they arrive. When the hub cancels
 // the job (closes the connection), the upstream request is cancelled too.
-// If upstream cannot be reached the job gets 502 Bad Gateway. Nil logger
-// means slog.Default().
-func NewForwarder(upstream *url.URL, logger *slog.Logger) http.Handler {
+// Nil logger means slog.Default().
+func NewForwarder(upstream *url.URL, logger *slog.Logger) *Forwarder {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	f := &Forwarder{
+		upstream: upstream,
+		log:      logger,
+		dialer:   &net.Dialer{Timeout: probeTimeout},
+		tls:      &tls.Config{ServerName: upstream.Hostname()},
+	}
+	f.health = NewHealth(f.probe)
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 64
-	rp := &httputil.ReverseProxy{
+	f.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(upstream)
 			pr.Out.Host = pr.In.Host
-			// The hub's 100-continue is between hub and worker: the worker's
-			// server answers it when the body is first read. Passing it on
-			// would make the transport wait a second for upstreams that
-			// never send 100 Continue.
+			// The hub's 100-continue is between hub and worker: the worker
+			// answers it when it accepts the job. Passing it on would make
+			// the transport wait a second for upstreams that never send
+			// 100 Continue.
 			pr.Out.Header.Del("Expect")
 			for _, k := range forwardedHeaders {
 				if v, ok := pr.In.Header[k]; ok {
@@ -75,23 +105,99 @@ func NewForwarder(upstream *url.URL, logger *slog.Logger) http.Handler {
 		Transport:     transport,
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-				logger.Debug("job cancelled by the hub", "method", r.Method, "uri", r.RequestURI)
-			} else {
-				logger.Warn("upstream request failed", "upstream", upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
-			}
-			w.WriteHeader(http.StatusBadGateway)
+		ErrorHandler:  f.fail,
+	}
+	return f
+}
+
+// Health is the state of the upstream.
+func (f *Forwarder) Health() *Health { return f.health }
+
+func (*Forwarder) acceptsItself() {}
+
+// forwardKey is the request context key of a job's *forwarding.
+type forwardKey struct{}
+
+// forwarding is what the error handler needs to know about one job.
+type forwarding struct {
+	connected atomic.Bool // the transport holds an upstream connection
+}
+
+func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := f.health.Err(); err != nil && !accepted(r) {
+		f.log.Debug("upstream down: declining the job", "method", r.Method, "uri", r.RequestURI)
+		Decline(w)
+		return
+	}
+	fw := &forwarding{}
+	trace := &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) {
+			fw.connected.Store(true)
+			Accept(r)
 		},
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rp.ServeHTTP(no100Writer{w}, r)
-	})
+	ctx := context.WithValue(httptrace.WithClientTrace(r.Context(), trace), forwardKey{}, fw)
+	f.rp.ServeHTTP(no100Writer{w}, r.WithContext(ctx))
+}
+
+// fail answers a job whose upstream request failed: a job not yet accepted
+// is declined, any other gets 502. A failure to reach the upstream marks
+// it down.
+func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		f.log.Debug("job cancelled by the hub", "method", r.Method, "uri", r.RequestURI)
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	fw, _ := r.Context().Value(forwardKey{}).(*forwarding)
+	before := fw != nil && !fw.connected.Load()
+	if before || isDialError(err) {
+		f.health.Fail(err)
+	}
+	if before && !accepted(r) {
+		f.log.Debug("upstream unreachable: declining the job", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
+		Decline(w)
+		return
+	}
+	f.log.Warn("upstream request failed", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
+	w.WriteHeader(http.StatusBadGateway)
+}
+
+// isDialError reports whether err comes from dialling, as after the
+// transport found a pooled connection dead and dialled a new one.
+func isDialError(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
+}
+
+// probe checks that the upstream accepts connections.
+func (f *Forwarder) probe(ctx context.Context) error {
+	port := f.upstream.Port()
+	if port == "" {
+		port = "80"
+		if f.upstream.Scheme == "https" {
+			port = "443"
+		}
+	}
+	addr := net.JoinHostPort(f.upstream.Hostname(), port)
+	var (
+		c   net.Conn
+		err error
+	)
+	if f.upstream.Scheme == "https" {
+		c, err = (&tls.Dialer{NetDialer: f.dialer, Config: f.tls}).DialContext(ctx, "tcp", addr)
+	} else {
+		c, err = f.dialer.DialContext(ctx, "tcp", addr)
+	}
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 // no100Writer drops "100 Continue" that the reverse proxy relays from
-// upstream: net/http's server sends its own 100 Continue to the hub as soon
-// as the body is first read, and the hub must not see two.
+// upstream: the worker sends its own to the hub when it accepts the job,
+// and the hub must not see two.
 type no100Writer struct {
 	http.ResponseWriter
 }

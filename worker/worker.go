@@ -11,6 +11,39 @@
 // net/http does all of the HTTP work: 100-continue, chunking, keep-alive, and
 // cancelling a handler's context when the hub closes the connection.
 //
+// # Accepting and declining jobs
+//
+// A job that the hub sends with "Expect: 100-continue", on a connection
+// where both sides agreed on the "accept" feature in the handshake, is
+// accepted with "100 Continue": from that moment the job may have run, and
+// the hub never gives it to another worker. Before it, the worker may
+// decline the job ([Decline]), and a connection that ends cleanly tells the
+// hub that the job never started, so that it can run elsewhere.
+//
+// By default the Worker accepts each such job right before it calls the
+// Handler, so the point is honest whatever the Handler does. A Handler that
+// needs a later point (it wants to secure a resource first, or to decline
+// some jobs) is wrapped with [AcceptLater] and calls [Accept] itself, or
+// [Decline]. The [Forwarder] accepts once it holds a connection to its
+// upstream and declines when the upstream cannot be reached. On
+// connections without the feature (an older hub, or the pothead protocol)
+// nothing changes: net/http answers "100 Continue" when the Handler first
+// reads the body.
+//
+// # Health
+//
+// A Worker whose [Config.Health] (or its Handler's, as a Forwarder's) is
+// down holds no connections to the hub: it closes its idle ones and does
+// not redial until a probe succeeds. So a worker that cannot do its jobs
+// does not take them.
+//
+// # Errors at start-up
+//
+// Until a first handshake has succeeded, mistakes that retrying cannot heal
+// end [Worker.Run]: a rejected handshake ([HandshakeError]) and TLS
+// settings that do not fit the hub's ([SetupError]). Everything else, and
+// everything after a first success, is logged and retried with backoff.
+//
 // Only the standard library is used, so a worker binary stays small.
 package worker
 
@@ -56,8 +89,14 @@ type Config struct {
 	// DrainTimeout bounds how long running jobs may take to finish once
 	// the context given to Run is done. Zero means DefaultDrainTimeout.
 	DrainTimeout time.Duration
-	// Handler serves the jobs.
+	// Handler serves the jobs. The Worker accepts each job (see [Accept])
+	// right before it calls Handler, unless Handler comes from
+	// [AcceptLater] or is a [Forwarder].
 	Handler http.Handler
+	// Health, if not nil, is what Handler depends on: while it is down the
+	// Worker holds no connections to the hub. Nil means the Handler's own,
+	// if it has a method Health() *Health (as a [Forwarder] does).
+	Health *Health
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -92,8 +131,10 @@ func fatalStatus(code int) bool {
 // Worker serves a Handler over connections to a hub. Create it with New; a
 // Worker runs once.
 type Worker struct {
-	cfg Config
-	log *slog.Logger
+	cfg        Config
+	log        *slog.Logger
+	health     *Health // nil: the Handler cannot be unhealthy
+	lateAccept bool    // the Handler accepts its jobs itself
 
 	connected     atomic.Int64 // handshaken connections not yet closed
 	everConnected atomic.Bool  // a handshake has succeeded at least once
@@ -158,7 +199,14 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Worker{cfg: cfg, log: cfg.Logger}, nil
+	w := &Worker{cfg: cfg, log: cfg.Logger, health: cfg.Health}
+	if w.health == nil {
+		if hh, ok := cfg.Handler.(interface{ Health() *Health }); ok {
+			w.health = hh.Health()
+		}
+	}
+	_, w.lateAccept = cfg.Handler.(selfAccepting)
+	return w, nil
 }
 
 // validHeaderValue rejects control characters (CR, LF in particular), which
@@ -178,19 +226,24 @@ func (w *Worker) Connected() int { return int(w.connected.Load()) }
 // lets running jobs finish for up to DrainTimeout (their responses carry
 // "Connection: close"), closes whatever is left, and returns nil.
 //
-// Failures to connect are logged and retried with exponential backoff. If
-// the hub rejects the very first handshake with 400, 401, 403 or 404, Run
-// returns a *HandshakeError at once.
+// Failures to connect are logged and retried with exponential backoff.
+// Until a first handshake succeeds, a mistake that retrying cannot heal ends
+// Run at once: a rejection with 400, 401, 403 or 404 returns a
+// *HandshakeError, and a TLS setting that does not fit the hub's returns a
+// *SetupError.
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.ran.CompareAndSwap(false, true) {
 		return errors.New("worker: Run called twice")
 	}
 	l := newHubListener(w)
-	t := &connTracker{conns: make(map[net.Conn]http.ConnState)}
+	t := &connTracker{conns: make(map[net.Conn]http.ConnState), health: w.health}
 	srv := &http.Server{
-		Handler:   w.cfg.Handler,
+		Handler:   http.HandlerFunc(w.serveJob),
 		ConnState: t.hook,
-		ErrorLog:  slog.NewLogLogger(w.log.Handler(), slog.LevelWarn),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, hubConnKey{}, c)
+		},
+		ErrorLog: slog.NewLogLogger(w.log.Handler(), slog.LevelWarn),
 		// No ReadTimeout, ReadHeaderTimeout or IdleTimeout: a worker waits
 		// for jobs as long as the hub likes.
 	}
@@ -200,6 +253,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	var slots sync.WaitGroup
 	for i := range w.cfg.Slots {
 		slots.Go(func() { w.slotLoop(l, i, fatal) })
+	}
+	if w.health != nil {
+		slots.Go(func() { w.watchHealth(l.ctx, t) })
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
@@ -243,12 +299,14 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // connTracker follows the state of every connection the server holds, so
-// that a drain can close new and idle ones straight away. (Server.Shutdown
-// alone treats a connection in StateNew as idle only after five seconds.)
+// that a drain, or a Health gone down, can close new and idle ones straight
+// away. (Server.Shutdown alone treats a connection in StateNew as idle only
+// after five seconds.)
 type connTracker struct {
 	mu       sync.Mutex
 	conns    map[net.Conn]http.ConnState
 	draining bool
+	health   *Health // may be nil
 }
 
 func (t *connTracker) hook(c net.Conn, s http.ConnState) {
@@ -262,14 +320,16 @@ func (t *connTracker) hook(c net.Conn, s http.ConnState) {
 	default:
 		t.conns[c] = s
 	}
-	closeNow := t.draining && (s == http.StateNew || s == http.StateIdle)
+	closeNow := (s == http.StateNew || s == http.StateIdle) &&
+		(t.draining || t.health != nil && t.health.Err() != nil)
 	t.mu.Unlock()
 	if closeNow {
 		c.Close()
 	}
 }
 
-// setDraining makes the hook close connections that become new or idle.
+// setDraining makes the hook close connections that become new or idle
+// from now on; so does a Health that is down.
 func (t *connTracker) setDraining() {
 	t.mu.Lock()
 	t.draining = true

@@ -65,8 +65,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 %s dials in to a reverse HTTP hub, holds --slots connections to it,
 and forwards every job (HTTP request) the hub sends on them to --upstream.
 On SIGTERM or SIGINT it stops taking jobs, lets running ones finish for up
-to --drain-timeout, and exits 0. It exits 1 if the hub rejects the first
-handshake (bad token, unknown pool) and 2 on bad flags. Flags take one
+to --drain-timeout, and exits 0. It exits 1, with the reason and a hint,
+when its first connection shows a mistake that retrying cannot heal (a
+handshake rejected for a bad token or an unknown pool; a TLS setting that
+does not fit the hub's), and 2 on bad flags. While --upstream cannot be
+reached it declines jobs and holds no connections to the hub, until a dial
+to the upstream succeeds again. Flags take one
 or two dashes; $REVERSE_HTTP_TOKEN is used when --token is not given.
 
 Flags:
@@ -163,6 +167,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	upstream, _ := url.Parse(o.upstream) // checked by parseFlags
 
+	fwd := worker.NewForwarder(upstream, logger)
 	cfg := worker.Config{
 		Hub:          o.hub,
 		Pool:         o.pool,
@@ -172,7 +177,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		Protocol:     o.protocol,
 		TLS:          tlsCfg,
 		DrainTimeout: o.drainTimeout,
-		Handler:      worker.NewForwarder(upstream, logger),
+		Handler:      fwd,
 		Logger:       logger,
 	}
 	w, err := worker.New(cfg)
@@ -185,9 +190,40 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	defer stop()
 	logger.Info("starting", "hub", o.hub, "pool", o.pool, "slots", o.slots, "upstream", o.upstream,
 		"protocol", o.protocol, "tls", o.useTLS)
-	if err := w.Run(ctx); err != nil {
+	logged := make(chan struct{})
+	go func() {
+		defer close(logged)
+		logHealth(ctx, fwd.Health(), o.upstream, logger)
+	}()
+	err = w.Run(ctx)
+	stop()
+	<-logged
+	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		if h := o.hint(err); h != "" {
+			fmt.Fprintf(stderr, "%s: hint: %s\n", progName, h)
+		}
 		return 1
 	}
 	return 0
+}
+
+// logHealth logs every change of the upstream's health until ctx ends.
+func logHealth(ctx context.Context, h *worker.Health, upstream string, logger *slog.Logger) {
+	var since time.Time
+	for {
+		changed := h.Changed()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+		if err := h.Err(); err != nil && since.IsZero() {
+			since = time.Now()
+			logger.Warn("upstream unreachable: not taking jobs", "upstream", upstream, "err", err)
+		} else if err == nil && !since.IsZero() {
+			logger.Info("upstream back", "upstream", upstream, "down_for", time.Since(since).Round(time.Millisecond))
+			since = time.Time{}
+		}
+	}
 }

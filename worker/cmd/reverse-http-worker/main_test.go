@@ -4,15 +4,21 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/reversehttp/reverse_http/internal/testpki"
+	"github.com/reversehttp/reverse_http/worker"
 )
 
 func TestFlags(t *testing.T) {
@@ -174,5 +180,237 @@ func TestForwardAndDrain(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// tlsHub accepts TLS connections with cfg and answers handshakes with 101.
+func tlsHub(t *testing.T, cfg *tls.Config) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveHandshakes(t, ln, func(c net.Conn, err error) {
+		if err != nil {
+			c.Close()
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n")
+	})
+}
+
+// rejectingHub answers every connection, handshake or not, with status and
+// reason, as the hub does to what it cannot admit.
+func rejectingHub(t *testing.T, status int, reason string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveHandshakes(t, ln, func(c net.Conn, _ error) {
+		fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+			status, http.StatusText(status), len(reason), reason)
+		c.Close()
+	})
+}
+
+// serveHandshakes reads one handshake per connection on ln and lets answer
+// reply; connections are closed when the test ends.
+func serveHandshakes(t *testing.T, ln net.Listener, answer func(c net.Conn, err error)) string {
+	var (
+		mu  sync.Mutex
+		all []net.Conn
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range all {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			all = append(all, c)
+			mu.Unlock()
+			go func() {
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				_, err := http.ReadRequest(bufio.NewReader(c))
+				answer(c, err)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestSetupMistakesExit1: a TLS setting that does not fit the hub's ends
+// the worker at start-up with exit status 1, the reason and a hint.
+func TestSetupMistakesExit1(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "hub CA")
+	caFile := filepath.Join(dir, "ca.pem")
+	os.WriteFile(caFile, ca.PEM(), 0o600)
+	otherCA := filepath.Join(dir, "other.pem")
+	os.WriteFile(otherCA, testpki.NewCA(t, "other").PEM(), 0o600)
+	serverCert := ca.Issue(t, testpki.Leaf{Names: []string{"localhost", "127.0.0.1"}})
+	expired := ca.Issue(t, testpki.Leaf{Names: []string{"localhost", "127.0.0.1"}, Expired: true})
+	clientCA := testpki.NewCA(t, "client CA")
+	strangerCert, strangerKey := testpki.WriteFiles(t, dir, "stranger",
+		testpki.NewCA(t, "stranger").Issue(t, testpki.Leaf{Names: []string{"w"}, Client: true}))
+
+	good := tlsHub(t, &tls.Config{Certificates: []tls.Certificate{serverCert}})
+	mtls := tlsHub(t, &tls.Config{Certificates: []tls.Certificate{serverCert},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCA.Pool()})
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"no CA", []string{"--hub", good, "--tls"},
+			[]string{"not signed by a trusted CA", "hint: pass --ca FILE", "pki/authorities/local/root.crt"}},
+		{"another CA", []string{"--hub", good, "--tls", "--ca", otherCA},
+			[]string{"not signed by a trusted CA", "hint: no CA in --ca " + otherCA}},
+		{"wrong name", []string{"--hub", good, "--tls", "--ca", caFile, "--server-name", "hub.example"},
+			[]string{"for another name", "hint: the certificate is for localhost, 127.0.0.1, not hub.example: use --server-name localhost"}},
+		{"expired", []string{"--hub", tlsHub(t, &tls.Config{Certificates: []tls.Certificate{expired}}), "--tls", "--ca", caFile},
+			[]string{"not valid", "hint: the hub's certificate has expired"}},
+		{"client certificate required", []string{"--hub", mtls, "--tls", "--ca", caFile},
+			[]string{"requires a client certificate", "hint: the pool requires a client certificate: pass --cert FILE --key FILE"}},
+		{"client certificate refused", []string{"--hub", mtls, "--tls", "--ca", caFile, "--cert", strangerCert, "--key", strangerKey},
+			[]string{"refused the client certificate", "hint: the hub did not accept the certificate in --cert"}},
+		{"TLS to a plain hub", []string{"--hub", rejectingHub(t, 400, "malformed handshake"), "--tls", "--ca", caFile},
+			[]string{"does not use TLS", "hint: the hub does not use TLS on this port: drop --tls"}},
+		{"plain to a TLS hub", []string{"--hub", rejectingHub(t, 400, "this address requires TLS")},
+			[]string{"requires TLS", "hint: the hub requires TLS: add --tls"}},
+		{"bad token", []string{"--hub", rejectingHub(t, 403, "wrong token")},
+			[]string{"403 Forbidden: wrong token", "hint: the pool does not accept this token"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var out syncBuffer
+			args := append([]string{"--pool", "p", "--upstream", "http://127.0.0.1:9", "--slots", "2"}, tc.args...)
+			code := run(ctx, args, &out)
+			if ctx.Err() != nil {
+				t.Fatalf("still retrying after 10 s; output:\n%s", out.String())
+			}
+			if code != 1 {
+				t.Errorf("exit %d, want 1", code)
+			}
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			t.Log(strings.Join(lines[max(0, len(lines)-2):], "\n"))
+			for _, want := range tc.want {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, out.String())
+				}
+			}
+		})
+	}
+}
+
+// TestHealableKeepsRetrying: a hub that refuses connections may come up:
+// the worker retries until it is stopped, and exits 0.
+func TestHealableKeepsRetrying(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--hub", addr, "--pool", "p", "--upstream", "http://127.0.0.1:9"}, &out)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(out.String(), "cannot connect to hub") < 3 {
+		select {
+		case code := <-done:
+			t.Fatalf("exited %d while the hub refused connections:\n%s", code, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no retries:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("exit %d after stop, want 0:\n%s", code, out.String())
+	}
+}
+
+// TestUpstreamDownLogged: the binary says when it stops taking jobs because
+// its upstream is down, and when it is back.
+func TestUpstreamDownLogged(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	upAddr := ln.Addr().String()
+	ln.Close()
+	addr, conns := fakeHub(t, 101, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--hub", addr, "--pool", "p", "--upstream", "http://" + upAddr}, &out)
+	}()
+	c := next(t, conns)
+	req, _ := http.NewRequest("GET", "http://app.example/x", nil)
+	req.Write(c)
+	resp, err := http.ReadResponse(bufio.NewReader(c), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 503 || resp.Header.Get(worker.DeclinedHeader) != "1" {
+		t.Errorf("got %d %v, want a decline", resp.StatusCode, resp.Header)
+	}
+	waitLog(t, &out, `level=WARN msg="upstream unreachable: not taking jobs"`)
+
+	ln, err = net.Listen("tcp", upAddr)
+	if err != nil {
+		t.Fatalf("listening on %s again: %v", upAddr, err)
+	}
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	up.Listener = ln
+	up.Start()
+	defer up.Close()
+	waitLog(t, &out, `level=INFO msg="upstream back"`)
+	next(t, conns)
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("exit %d", code)
+	}
+}
+
+func next(t *testing.T, conns chan net.Conn) net.Conn {
+	t.Helper()
+	select {
+	case c := <-conns:
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection")
+		return nil
+	}
+}
+
+func waitLog(t *testing.T, out *syncBuffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log lacks %q:\n%s", want, out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -1,0 +1,119 @@
+package worker
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Acceptance: on a connection where the hub and the worker agreed on
+// FeatureAccept, the hub sends every job it might give to another worker
+// with "Expect: 100-continue", and the worker's "100 Continue" says "this
+// job has started here". A connection that ends cleanly before it tells the
+// hub that the job never ran, so it may run elsewhere; after it, the job is
+// never replayed.
+
+// Accept tells the hub that the job r is taken: from now on it may have run,
+// and the hub will not give it to another worker. Call it once the handler
+// commits to the job and before it does any of it. It sends "100 Continue"
+// at most once per job, and only where the hub asked for acceptance; on
+// other jobs, and when the job is already accepted, it does nothing.
+//
+// The Worker accepts each job itself right before it calls its Handler,
+// unless the Handler was wrapped with [AcceptLater] (the [Forwarder] is
+// such a handler). Call Accept from the handler's goroutine, as any
+// ResponseWriter method, and never after [Decline].
+func Accept(r *http.Request) {
+	if j, ok := r.Context().Value(jobKey{}).(*job); ok {
+		j.accept()
+	}
+}
+
+// AcceptLater returns a Handler for which the Worker does not accept jobs
+// before calling it: h calls [Accept] itself, at the point where it commits
+// to a job, or [Decline]s it. A job that h neither accepts nor declines is
+// accepted when h first reads the request body (net/http then sends the
+// 100 Continue), and a job that h answers without reading the body or
+// accepting it is not accepted at all: if the connection broke before the
+// response, the hub could run it elsewhere. It only takes effect as
+// [Config.Handler] itself, not deeper in a chain of handlers.
+func AcceptLater(h http.Handler) http.Handler { return lateAccepter{h} }
+
+// lateAccepter marks a Handler that accepts its jobs itself.
+type lateAccepter struct{ http.Handler }
+
+func (lateAccepter) acceptsItself() {}
+
+// selfAccepting is implemented by handlers that call Accept themselves.
+type selfAccepting interface{ acceptsItself() }
+
+// jobKey is the request context key of a job's *job.
+type jobKey struct{}
+
+// hubConnKey is the connection context key of a job's *hubConn.
+type hubConnKey struct{}
+
+// job is the acceptance state of one request that asks for it.
+type job struct {
+	w        http.ResponseWriter // the server's own, so no wrapper can swallow the 100
+	once     sync.Once
+	accepted atomic.Bool
+}
+
+func (j *job) accept() {
+	j.once.Do(func() {
+		// net/http sends a WriteHeader(100) at once and then no longer
+		// sends its own 100 Continue when the handler reads the body.
+		j.w.WriteHeader(http.StatusContinue)
+		j.accepted.Store(true)
+	})
+}
+
+// accepted reports whether the job r was accepted with a 100 Continue; it
+// is false for jobs on connections without FeatureAccept.
+func accepted(r *http.Request) bool {
+	j, ok := r.Context().Value(jobKey{}).(*job)
+	return ok && j.accepted.Load()
+}
+
+// serveJob runs one job: it accepts it first, unless the hub did not ask
+// for acceptance or the Handler accepts its jobs itself.
+func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
+	hc, _ := r.Context().Value(hubConnKey{}).(*hubConn)
+	if hc == nil || !hc.accept || !expectsContinue(r) {
+		w.cfg.Handler.ServeHTTP(rw, r)
+		return
+	}
+	j := &job{w: rw}
+	r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
+	if !w.lateAccept {
+		j.accept()
+	}
+	w.cfg.Handler.ServeHTTP(rw, r)
+}
+
+// expectsContinue reports whether r carries "Expect: 100-continue".
+func expectsContinue(r *http.Request) bool {
+	for _, v := range r.Header.Values("Expect") {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "100-continue") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hasFeature reports whether a FeaturesHeader list names feature.
+func hasFeature(h http.Header, feature string) bool {
+	for _, v := range h.Values(FeaturesHeader) {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), feature) {
+				return true
+			}
+		}
+	}
+	return false
+}

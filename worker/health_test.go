@@ -1,0 +1,180 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+	"time"
+)
+
+// closedPort returns a loopback address on which nothing listens.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// serveOn starts an HTTP server on addr, which must be free.
+func serveOn(t *testing.T, addr string, h http.Handler) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listening on %s again: %v", addr, err)
+	}
+	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: h}}
+	srv.Start()
+	t.Cleanup(srv.Close)
+}
+
+// TestForwarderAccepts: the forwarder's 100 Continue comes once it holds
+// an upstream connection, once, and the body then flows upstream.
+func TestForwarderAccepts(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(echoBody))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	hub := newAcceptHub(t)
+	startWorker(t, hub, Config{Handler: NewForwarder(u, testLogger(t))})
+	s := hub.next(t)
+	for i := range 2 {
+		postExpect(s, "/up")
+		if resp, _ := s.read(t, nil); resp.StatusCode != http.StatusContinue {
+			t.Fatalf("round %d: got %d, want 100", i, resp.StatusCode)
+		}
+		io.WriteString(s.c, "hello")
+		if resp, body := s.read(t, nil); resp.StatusCode != 200 || body != "got hello" {
+			t.Fatalf("round %d: got %d %q, want one 100 and then 200", i, resp.StatusCode, body)
+		}
+	}
+	// Without a body, only the acceptance sends the 100.
+	fmt.Fprintf(s.c, "GET /x HTTP/1.1\r\nHost: job.example\r\nExpect: 100-continue\r\n\r\n")
+	if resp, _ := s.read(t, nil); resp.StatusCode != http.StatusContinue {
+		t.Fatalf("bodiless: got %d, want 100", resp.StatusCode)
+	}
+	if resp, body := s.read(t, nil); resp.StatusCode != 200 || body != "got " {
+		t.Fatalf("bodiless: got %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestForwarderUpstreamDown: a worker whose upstream is down declines the
+// job without a 100, closes its idle connections, does not redial while
+// the upstream stays down, and is back (and logs both changes) once the
+// upstream listens again.
+func TestForwarderUpstreamDown(t *testing.T) {
+	addr := closedPort(t)
+	u, _ := url.Parse("http://" + addr)
+	hub := newAcceptHub(t)
+	fwd := NewForwarder(u, testLogger(t))
+	rw := startWorker(t, hub, Config{Slots: 2, Handler: fwd})
+	a, b := hub.next(t), hub.next(t)
+	eventually(t, "2 connections", func() bool { return rw.Connected() == 2 })
+
+	postExpect(a, "/x")
+	resp, _ := a.read(t, nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(DeclinedHeader) != "1" {
+		t.Fatalf("got %d %v, want a decline before any 100", resp.StatusCode, resp.Header)
+	}
+	a.expectEOF(t, waitLimit)
+	b.expectEOF(t, waitLimit) // the idle one too
+	if fwd.Health().Err() == nil {
+		t.Fatal("health still up")
+	}
+	eventually(t, "no connections", func() bool { return rw.Connected() == 0 })
+	hub.expectNone(t, 3*probeBackoffMin) // a few failed probes, no redial
+
+	changed := fwd.Health().Changed()
+	began := time.Now()
+	serveOn(t, addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "up again") }))
+	a, b = hub.next(t), hub.next(t)
+	t.Logf("slots back %v after the upstream came up", time.Since(began).Round(time.Millisecond))
+	select {
+	case <-changed:
+	default:
+		t.Error("health did not change")
+	}
+	if err := fwd.Health().Err(); err != nil {
+		t.Errorf("health still down: %v", err)
+	}
+	fmt.Fprintf(a.c, "GET /x HTTP/1.1\r\nHost: job.example\r\nExpect: 100-continue\r\n\r\n")
+	if resp, _ := a.read(t, nil); resp.StatusCode != http.StatusContinue {
+		t.Fatalf("got %d, want 100", resp.StatusCode)
+	}
+	if resp, body := a.read(t, nil); resp.StatusCode != 200 || body != "up again" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestForwarderDeclinesWhileDown: a job that reaches a forwarder whose
+// upstream is known to be down is declined without a dial.
+func TestForwarderDeclinesWhileDown(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Error("the upstream was asked")
+	}))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	fwd := NewForwarder(u, testLogger(t))
+	fwd.Health().Fail(errors.New("test"))
+	rec := httptest.NewRecorder()
+	fwd.ServeHTTP(rec, httptest.NewRequest("GET", "/x", nil))
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get(DeclinedHeader) != "1" {
+		t.Errorf("got %d %v, want a decline", rec.Code, rec.Header())
+	}
+}
+
+// TestHealthOfHandler: a Config.Health of one's own works the same way, and
+// a probe that keeps failing keeps the slots away.
+func TestHealthOfHandler(t *testing.T) {
+	ok := make(chan struct{})
+	probes := make(chan struct{}, 100)
+	h := NewHealth(func(ctx context.Context) error {
+		probes <- struct{}{}
+		select {
+		case <-ok:
+			return nil
+		default:
+			return errors.New("not yet")
+		}
+	})
+	hub := newTestHub(t)
+	rw := startWorker(t, hub, Config{Health: h, Handler: pathHandler()})
+	s := hub.next(t)
+	h.Fail(errors.New("test"))
+	s.expectEOF(t, waitLimit)
+	for range 3 {
+		select {
+		case <-probes:
+		case <-time.After(waitLimit):
+			t.Fatal("no probe")
+		}
+	}
+	if rw.Connected() != 0 {
+		t.Fatalf("%d connections while down", rw.Connected())
+	}
+	hub.expectNone(t, 0)
+	close(ok)
+	s = hub.next(t)
+	if _, body := s.send(t, get("/back")); body != "job /back" {
+		t.Errorf("body %q", body)
+	}
+}
+
+func TestProbeBackoff(t *testing.T) {
+	for attempt := range 40 {
+		ceiling := min(probeBackoffMin<<min(attempt, 20), probeBackoffMax)
+		for range 20 {
+			if d := probeBackoff(attempt); d < ceiling/2 || d > ceiling {
+				t.Fatalf("probeBackoff(%d) = %v, want in [%v, %v]", attempt, d, ceiling/2, ceiling)
+			}
+		}
+	}
+}
