@@ -126,6 +126,9 @@ func soakMain(args []string) int {
 	pass := r.summary(&out)
 	fmt.Print(out.String())
 	os.WriteFile(filepath.Join(dir, "summary.txt"), []byte(out.String()), 0o644)
+	var events strings.Builder
+	r.timeline(&events)
+	os.WriteFile(filepath.Join(dir, "events.txt"), []byte(events.String()), 0o644)
 	if pass && !o.keep {
 		os.RemoveAll(dir)
 	} else {
@@ -144,7 +147,9 @@ type soakRun struct {
 	outcomes    []outcome
 	loadStart   time.Time
 	runs        map[string][]execution
-	seen        map[string]bool // ids in Caddy's access log
+	seen        map[string]bool   // ids in Caddy's access log
+	handlerErrs map[string]string // job id -> the reverse_http handler's error in Caddy's log
+	hubLog      hubLog
 	kills       []kill
 	reloads     []reload
 	attacks     []attackResult
@@ -181,17 +186,15 @@ func runSoak(ctx context.Context, e *env, o *soakOptions) *soakRun {
 		*p = fmt.Sprintf("127.0.0.1:%d", ports[i])
 	}
 	e.admin = a.admin
-	execLog := filepath.Join(e.dir, "executions.log")
-	storage := filepath.Join(e.dir, "caddy-storage")
-	accessLog := filepath.Join(e.dir, "access.log")
+	l := newSoakPaths(e.dir)
 
-	app, err := e.start("app", true, e.self, "soak-serve", "--listen", a.app, "--log", execLog)
+	app, err := e.start("app", true, e.self, "soak-serve", "--listen", a.app, "--log", l.exec)
 	if err != nil {
 		r.fail("app: %v", err)
 		return r
 	}
 	cfgPath := filepath.Join(e.dir, "caddy.json")
-	if err := os.WriteFile(cfgPath, soakVariants[0].caddyConfig(a, storage, accessLog), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, soakVariants[0].caddyConfig(a, l), 0o644); err != nil {
 		r.fail("config: %v", err)
 		return r
 	}
@@ -204,7 +207,7 @@ func runSoak(ctx context.Context, e *env, o *soakOptions) *soakRun {
 		r.fail("caddy: %v", err)
 		return r
 	}
-	ws := &soakWorkers{e: e, addrs: a, execLog: execLog}
+	ws := &soakWorkers{e: e, addrs: a, execLog: l.exec}
 	stableBin := &soakWorker{group: "stable-bin", binary: true, slots: 4}
 	stablePkg := &soakWorker{group: "stable-pkg", slots: 4}
 	chaosBin := &soakWorker{group: "chaos-bin", binary: true, slots: 2}
@@ -237,7 +240,7 @@ func runSoak(ctx context.Context, e *env, o *soakOptions) *soakRun {
 	wg.Go(func() { r.outcomes = consumers(ctx, stopLoad, a.site, o.consumers, o.seed, o.clientTimeout) })
 	var chaosErr error
 	wg.Go(func() { r.kills, chaosErr = ws.chaos(ctx, stopLoad, []*soakWorker{chaosBin, chaosPkg}, o.killEvery) })
-	wg.Go(func() { r.reloads = reloads(ctx, a, storage, accessLog, o.reloads, loadStart, o.load) })
+	wg.Go(func() { r.reloads = reloads(ctx, a, l, o.reloads, loadStart, o.load) })
 	// The attackers finish a little early, so that their last
 	// connections end while the load still runs.
 	wg.Go(func() {
@@ -262,11 +265,19 @@ func runSoak(ctx context.Context, e *env, o *soakOptions) *soakRun {
 	}
 	caddy.stop(10 * time.Second)
 	app.stop(10 * time.Second)
-	if err := readLog(execLog, func(f io.Reader) (err error) { r.runs, err = readExecLog(f); return err }); err != nil {
-		r.fail("execution log: %v", err)
+	logs := []struct {
+		name, path string
+		read       func(io.Reader) error
+	}{
+		{"execution log", l.exec, func(f io.Reader) (err error) { r.runs, err = readExecLog(f); return err }},
+		{"access log", l.access, func(f io.Reader) (err error) { r.seen, err = readAccessLog(f); return err }},
+		{"Caddy's log", caddy.log, func(f io.Reader) (err error) { r.handlerErrs, err = readHandlerErrors(f); return err }},
+		{"the hub's log", l.hub, func(f io.Reader) (err error) { r.hubLog, err = readHubLog(f); return err }},
 	}
-	if err := readLog(accessLog, func(f io.Reader) (err error) { r.seen, err = readAccessLog(f); return err }); err != nil {
-		r.fail("access log: %v", err)
+	for _, lg := range logs {
+		if err := readLog(lg.path, lg.read); err != nil {
+			r.fail("%s: %v", lg.name, err)
+		}
 	}
 	return r
 }

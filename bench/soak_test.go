@@ -72,6 +72,39 @@ func TestAttribute(t *testing.T) {
 	}
 }
 
+// A job that never reached a handler is the kill's only if it was sent
+// before the kill (or just after), and, where the hub's error names the
+// connection, on the killed worker's.
+func TestAttributeInFlight(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	kills := []kill{{tag: "chaos-bin.1", slots: 2, at: t0}}
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	tests := []struct {
+		name       string
+		start, end time.Time
+		worker     string
+		want       lossClass
+	}{
+		{name: "sent before the kill", start: ms(-20), end: ms(5), want: lossKilledInFlight},
+		{name: "sent just after it, while the hub may not know", start: ms(10), end: ms(15), want: lossKilledInFlight},
+		{name: "sent well after it: the hub should have dropped the connection", start: ms(280), end: ms(357), want: lossOther},
+		{name: "the hub names the killed worker", start: ms(-20), end: ms(5), worker: "chaos-bin.1", want: lossKilledInFlight},
+		{name: "the hub names another worker", start: ms(-20), end: ms(5), worker: "stable-pkg.1", want: lossOther},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := outcome{id: "j", cause: "status 502", start: tt.start, end: tt.end}
+			ev := evidence{kills: kills, jobWorker: map[string]string{}}
+			if tt.worker != "" {
+				ev.jobWorker["j"] = tt.worker
+			}
+			if got := attribute([]outcome{o}, ev)["j"]; got != tt.want {
+				t.Errorf("%q, want %q", lossNames[got], lossNames[tt.want])
+			}
+		})
+	}
+}
+
 // A kill accounts for at most one job per connection of the killed worker,
 // its confirmed ones included.
 func TestAttributeChargesAKillOncePerSlot(t *testing.T) {
@@ -225,7 +258,7 @@ func TestSoakVariants(t *testing.T) {
 				} `json:"reverse_http"`
 			} `json:"apps"`
 		}
-		if err := json.Unmarshal(v.caddyConfig(a, "/s", "/a.log"), &cfg); err != nil {
+		if err := json.Unmarshal(v.caddyConfig(a, newSoakPaths("/s")), &cfg); err != nil {
 			t.Fatalf("%s: %v", v.name, err)
 		}
 		soak, ok := cfg.Apps.ReverseHTTP.Pools["soak"]
@@ -278,11 +311,30 @@ func TestSoakHandlerAndCheck(t *testing.T) {
 			}
 		}
 	}
-	f, _ := os.Open(logPath)
-	defer f.Close()
-	runs, err := readExecLog(f)
-	if err != nil {
-		t.Fatal(err)
+	// A handler logs its end after its last write, which the consumer may
+	// have read already: poll.
+	var runs map[string][]execution
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f, err := os.Open(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs, err = readExecLog(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ended := 0
+		for _, rs := range runs {
+			for _, r := range rs {
+				if !r.end.IsZero() {
+					ended++
+				}
+			}
+		}
+		if ended >= 6 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if len(runs) != 6 {
 		t.Errorf("%d jobs in the execution log, want 6", len(runs))
@@ -394,5 +446,43 @@ func TestAttackDetection(t *testing.T) {
 				t.Errorf("against a hub that rejects all: admitted (%s)", r.outcome)
 			}
 		})
+	}
+}
+
+func TestHubLogs(t *testing.T) {
+	caddyLog := `{"level":"error","logger":"http.log.error","msg":"reading worker response: malformed HTTP status code \"` + strayMarker + `\"","request":{"headers":{"X-Request-Id":["c04-001649"]}},"status":502}
+{"level":"warn","logger":"reverse_http","msg":"worker sent data on an idle connection; closed it","remote":"127.0.0.1:1"}
+{"level":"error","logger":"http.log.error","msg":"worker connection closed before a response: read tcp 127.0.0.1:45459->127.0.0.1:43090: read: connection reset by peer","request":{"headers":{"X-Request-Id":["c03-000749"]}},"status":502}
+`
+	errs, err := readHandlerErrors(strings.NewReader(caddyLog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(errs) != 2 || !strings.Contains(errs["c04-001649"], strayMarker) || !strings.Contains(errs["c03-000749"], "43090") {
+		t.Fatalf("got %v", errs)
+	}
+	hubLog := `{"level":"debug","ts":100.5,"logger":"reverse_http","msg":"worker connected","pool":"soak","remote":"127.0.0.1:43090","worker":"chaos-bin.3"}
+{"level":"debug","ts":200.25,"logger":"reverse_http","msg":"worker connected","pool":"soak","remote":"127.0.0.1:43090","worker":"stable-pkg.1"}
+{"level":"debug","ts":300,"logger":"reverse_http","msg":"idle worker connection closed","remote":"127.0.0.1:43090","worker":"stable-pkg.1"}
+`
+	hl, err := readHubLog(strings.NewReader(hubLog + `{"level":"warn","logger":"reverse_http","msg":"worker handshake rejected"}` + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := hl.conns
+	if len(hl.warnings) != 1 || hl.warnings["worker handshake rejected"] != 1 {
+		t.Errorf("warnings %v", hl.warnings)
+	}
+	msg := errs["c03-000749"]
+	for _, tt := range []struct {
+		at   float64
+		want string
+	}{{150, "chaos-bin.3"}, {250, "stable-pkg.1"}, {50, ""}} {
+		if got := workerOf(msg, time.Unix(0, int64(tt.at*1e9)), conns); got != tt.want {
+			t.Errorf("at %v: %q, want %q (a port is used again in time)", tt.at, got, tt.want)
+		}
+	}
+	if got := workerOf(errs["c04-001649"], time.Unix(250, 0), conns); got != "" {
+		t.Errorf("an error naming no address gave %q", got)
 	}
 }

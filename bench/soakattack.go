@@ -102,7 +102,7 @@ var attackKinds = []attackKind{
 		return attackResult{outcome: "reset by the attacker"}
 	}},
 	{name: "bytes before its 101 (valid token)", run: func(a *attack) attackResult {
-		return a.authenticated(handshake("soak", "Bearer "+soakToken, "")+"EARLY BYTES\r\n", false, false)
+		return a.authenticated(handshake("soak", "Bearer "+soakToken, "")+"EARLY "+strayMarker+"\r\n", false, false)
 	}},
 	{name: "bytes while idle (valid token)", run: func(a *attack) attackResult {
 		return a.authenticated(handshake("soak", "Bearer "+soakToken, ""), true, false)
@@ -111,6 +111,12 @@ var attackKinds = []attackKind{
 		return a.authenticated(handshake("soak", "Bearer "+soakToken, ""), false, true)
 	}},
 }
+
+// strayMarker is in the bytes attackers send out of turn. A hub that reads
+// them as a job's response names them in its error log
+// (`malformed HTTP status code "..."`), which tells the soak whose job
+// that was even when the attacker never saw the job's request.
+const strayMarker = "SOAK-STRAY-BYTES"
 
 // handshake is a ptth handshake request; authz and extra header lines are
 // optional.
@@ -299,7 +305,7 @@ func (a *attack) authenticated(msg string, idleBytes, garbage bool) attackResult
 	}
 	r.admitted = true
 	if idleBytes {
-		a.conn.Write([]byte("IDLE BYTES\r\n"))
+		a.conn.Write([]byte("IDLE " + strayMarker + "\r\n"))
 	}
 	wait := 3 * time.Second
 	if garbage {

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -26,6 +28,23 @@ type soakAddrs struct {
 	site    string // the consumers' site
 	workers string // the pools' worker listener
 	app     string // the application behind the worker binaries
+}
+
+// soakPaths are the files of a soak in its scratch directory.
+type soakPaths struct {
+	storage string // Caddy's storage
+	access  string // Caddy's access log
+	hub     string // the reverse_http app's debug log
+	exec    string // the execution log of the job handlers
+}
+
+func newSoakPaths(dir string) soakPaths {
+	return soakPaths{
+		storage: filepath.Join(dir, "caddy-storage"),
+		access:  filepath.Join(dir, "access.log"),
+		hub:     filepath.Join(dir, "hub.log"),
+		exec:    filepath.Join(dir, "executions.log"),
+	}
 }
 
 // soakVariant is one of the configs the reloads alternate between. Every
@@ -61,7 +80,7 @@ func maxQueueTimeout() time.Duration {
 }
 
 // caddyConfig is the JSON config of a variant.
-func (v soakVariant) caddyConfig(a soakAddrs, storage, accessLog string) []byte {
+func (v soakVariant) caddyConfig(a soakAddrs, l soakPaths) []byte {
 	pool := func(tokens []string) map[string]any {
 		return map[string]any{
 			"listen":            []string{a.workers},
@@ -85,14 +104,20 @@ func (v soakVariant) caddyConfig(a soakAddrs, storage, accessLog string) []byte 
 	})
 	cfg := map[string]any{
 		"admin":   map[string]any{"listen": a.admin},
-		"storage": map[string]any{"module": "file_system", "root": storage},
+		"storage": map[string]any{"module": "file_system", "root": l.storage},
 		// The access log tells which consumer requests Caddy's HTTP server
-		// read at all.
+		// read at all; the hub's debug log, which worker connection had
+		// which address.
 		"logging": map[string]any{"logs": map[string]any{
-			"default": map[string]any{"level": "WARN", "exclude": []string{"http.log.access"}},
+			"default": map[string]any{"level": "WARN", "exclude": []string{"http.log.access", "reverse_http"}},
 			"access": map[string]any{
 				"include": []string{"http.log.access"},
-				"writer":  map[string]any{"output": "file", "filename": accessLog, "roll": false},
+				"writer":  map[string]any{"output": "file", "filename": l.access, "roll": false},
+			},
+			"hub": map[string]any{
+				"include": []string{"reverse_http"},
+				"level":   "DEBUG",
+				"writer":  map[string]any{"output": "file", "filename": l.hub, "roll": false},
 			},
 		}},
 		"apps": map[string]any{
@@ -150,7 +175,7 @@ func load(ctx context.Context, admin string, cfg []byte) error {
 
 // reloads loads n configs, the variants in turn starting with the second,
 // spread evenly from start over d.
-func reloads(ctx context.Context, a soakAddrs, storage, accessLog string, n int, start time.Time, d time.Duration) []reload {
+func reloads(ctx context.Context, a soakAddrs, l soakPaths, n int, start time.Time, d time.Duration) []reload {
 	var out []reload
 	step := d / time.Duration(n)
 	for i := range n {
@@ -159,7 +184,7 @@ func reloads(ctx context.Context, a soakAddrs, storage, accessLog string, n int,
 		}
 		v := soakVariants[(i+1)%len(soakVariants)]
 		t0 := time.Now()
-		err := load(ctx, a.admin, v.caddyConfig(a, storage, accessLog))
+		err := load(ctx, a.admin, v.caddyConfig(a, l))
 		out = append(out, reload{variant: v.name, start: t0, took: time.Since(t0), err: err})
 	}
 	return out
@@ -201,4 +226,89 @@ func readAccessLog(r io.Reader) (map[string]bool, error) {
 		}
 	}
 	return seen, sc.Err()
+}
+
+// readHandlerErrors returns, by job id, the error Caddy's log gives for
+// each request that failed in the reverse_http handler.
+func readHandlerErrors(r io.Reader) (map[string]string, error) {
+	errs := make(map[string]string)
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var entry struct {
+			Logger  string `json:"logger"`
+			Msg     string `json:"msg"`
+			Request struct {
+				Headers map[string][]string `json:"headers"`
+			} `json:"request"`
+		}
+		if json.Unmarshal(sc.Bytes(), &entry) != nil || entry.Logger != "http.log.error" {
+			continue
+		}
+		for _, id := range entry.Request.Headers["X-Request-Id"] {
+			errs[id] = entry.Msg
+		}
+	}
+	return errs, sc.Err()
+}
+
+// hubConn is a worker connection the hub's debug log tells of.
+type hubConn struct {
+	at     time.Time
+	worker string // the name it gave: the soak's worker tag
+}
+
+// hubLog is what the hub's log tells the soak.
+type hubLog struct {
+	conns    map[string][]hubConn // by the worker's address, oldest first (a port is used again in time)
+	warnings map[string]int       // lines at WARN or above, by message
+}
+
+// readHubLog reads the worker connections the hub admitted and counts its
+// warnings.
+func readHubLog(r io.Reader) (hubLog, error) {
+	l := hubLog{conns: make(map[string][]hubConn), warnings: make(map[string]int)}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var entry struct {
+			Level  string  `json:"level"`
+			TS     float64 `json:"ts"`
+			Msg    string  `json:"msg"`
+			Remote string  `json:"remote"`
+			Worker string  `json:"worker"`
+		}
+		if json.Unmarshal(sc.Bytes(), &entry) != nil {
+			continue
+		}
+		switch entry.Level {
+		case "debug", "info":
+		default:
+			l.warnings[entry.Msg]++
+		}
+		if entry.Msg == "worker connected" {
+			at := time.Unix(0, int64(entry.TS*1e9))
+			l.conns[entry.Remote] = append(l.conns[entry.Remote], hubConn{at: at, worker: entry.Worker})
+		}
+	}
+	return l, sc.Err()
+}
+
+// workerOf names the worker whose connection an error of the hub names
+// ("read tcp HUB->WORKER: ..."), as it was at t; "" if it names none.
+func workerOf(msg string, t time.Time, conns map[string][]hubConn) string {
+	i := strings.Index(msg, "->")
+	if i < 0 {
+		return ""
+	}
+	addr, _, _ := strings.Cut(msg[i+2:], ":")
+	rest := msg[i+2+len(addr):]
+	port, _, _ := strings.Cut(strings.TrimPrefix(rest, ":"), ":")
+	worker := ""
+	for _, c := range conns[addr+":"+port] {
+		if !c.at.After(t) {
+			worker = c.worker
+		}
+	}
+	return worker
 }

@@ -49,7 +49,22 @@ func (r *soakRun) summary(w io.Writer) bool {
 			taken[id] = a.kind
 		}
 	}
-	classes := attribute(r.outcomes, evidence{runs: r.runs, kills: r.kills, taken: taken, seen: r.seen, reloads: r.reloads})
+	stray := 0
+	jobWorker := make(map[string]string)
+	for _, o := range r.outcomes {
+		msg, ok := r.handlerErrs[o.id]
+		if !ok {
+			continue
+		}
+		if w := workerOf(msg, o.end, r.hubLog.conns); w != "" {
+			jobWorker[o.id] = w
+		}
+		if _, ok := taken[o.id]; !ok && strings.Contains(msg, strayMarker) {
+			taken[o.id] = "stray bytes read as the answer"
+			stray++
+		}
+	}
+	classes := attribute(r.outcomes, evidence{runs: r.runs, kills: r.kills, taken: taken, seen: r.seen, reloads: r.reloads, jobWorker: jobWorker})
 	methods := map[string]int{}
 	var ok, hung, aborted int
 	causes := map[string]int{}
@@ -81,6 +96,10 @@ func (r *soakRun) summary(w io.Writer) bool {
 	for _, c := range []lossClass{lossKilled, lossKilledInFlight, lossMisbehaver} {
 		fmt.Fprintf(w, "    %-50s %7d  expected\n", lossNames[c], byClass[c])
 	}
+	if stray > 0 {
+		fmt.Fprintf(w, "      %-48s %7d  (Caddy's log names them; the attacker never received the request)\n",
+			"of which the hub took stray bytes for the answer", stray)
+	}
 	fmt.Fprintf(w, "    %-50s %7d  Caddy's, not the plugin's: reported, not failed\n", lossNames[lossHandover], byClass[lossHandover])
 	v := failIf(byClass[lossOther] > 0, "%d requests lost for no reason the soak can name (%s)", byClass[lossOther], counts(otherCauses))
 	fmt.Fprintf(w, "    %-50s %7d  %s, must be 0%s\n", lossNames[lossOther], byClass[lossOther], v, suffix(counts(otherCauses)))
@@ -93,7 +112,7 @@ func (r *soakRun) summary(w io.Writer) bool {
 	v = failIf(len(twice) > 0, "%d requests ran twice", len(twice))
 	fmt.Fprintf(w, "  %-52s %7d  %s, must be 0\n", "ran twice (started more than once at a handler)", len(twice), v)
 	r.printTwice(w, twice)
-	r.printOther(w, classes)
+	r.printOther(w, classes, jobWorker)
 
 	// Chaos and reloads.
 	groups := map[string]int{}
@@ -175,7 +194,11 @@ func (r *soakRun) printTwice(w io.Writer, ids []string) {
 		for _, x := range r.runs[id] {
 			s := x.tag
 			if at, ok := killedAt[x.tag]; ok && (x.end.IsZero() || x.end.After(at)) {
-				s += fmt.Sprintf(" (killed %s ms after the job started)", ms(at.Sub(x.start)))
+				if d := at.Sub(x.start); d >= 0 {
+					s += fmt.Sprintf(" (killed %s ms after the job started)", ms(d))
+				} else {
+					s += fmt.Sprintf(" (killed as the job started: its start was logged %s ms after the kill)", ms(-d))
+				}
 			}
 			where = append(where, s)
 		}
@@ -202,7 +225,11 @@ func jobKind(id string, byID map[string]outcome) string {
 }
 
 // printOther shows a few of the losses nothing explains.
-func (r *soakRun) printOther(w io.Writer, classes map[string]lossClass) {
+func (r *soakRun) printOther(w io.Writer, classes map[string]lossClass, jobWorker map[string]string) {
+	killedAt := make(map[string]time.Time)
+	for _, k := range r.kills {
+		killedAt[k.tag] = k.at
+	}
 	n := 0
 	for _, o := range r.outcomes {
 		if c, ok := classes[o.id]; !ok || c != lossOther {
@@ -226,6 +253,16 @@ func (r *soakRun) printOther(w io.Writer, classes map[string]lossClass) {
 		}
 		fmt.Fprintf(w, "    unexplained: %s %s at %.3fs: %s after %s ms; %s; %s\n", o.id, o.method, o.end.Sub(r.loadStart).Seconds(),
 			o.cause, ms(o.end.Sub(o.start)), ran, r.nearest(o.end))
+		if msg, ok := r.handlerErrs[o.id]; ok {
+			fmt.Fprintf(w, "      the hub: %q", msg)
+			if wk := jobWorker[o.id]; wk != "" {
+				fmt.Fprintf(w, ", on a connection of %s", wk)
+				if at, ok := killedAt[wk]; ok {
+					fmt.Fprintf(w, " (killed; the request was sent %+.1f ms from the kill)", float64(o.start.Sub(at))/float64(time.Millisecond))
+				}
+			}
+			fmt.Fprintln(w)
+		}
 	}
 }
 
@@ -298,6 +335,11 @@ func (r *soakRun) printAttacks(w io.Writer) []string {
 	fmt.Fprintf(w, "\nattacker connections to the worker port       %d\n", len(r.attacks))
 	fmt.Fprintf(w, "  bad (no valid credential for the pool named)  %d attempted, %d admitted (answered 101 or given a job)  %s, must be 0\n", bad, badAdmitted, v)
 	fmt.Fprintf(w, "  misbehaving with a valid token                %d, given %d jobs (their consumers' loss is expected)\n", good, goodJobs)
+	warned := 0
+	for _, n := range r.hubLog.warnings {
+		warned += n
+	}
+	fmt.Fprintf(w, "  the hub's log: %d lines at WARN or above (%s)\n", warned, counts(r.hubLog.warnings))
 	fmt.Fprintf(w, "  %-46s %4s %8s  %s\n", "kind", "n", "admitted", "what the hub did")
 	for _, k := range kinds {
 		t := byKind[k]
@@ -334,4 +376,28 @@ func suffix(s string) string {
 		return ""
 	}
 	return " (" + s + ")"
+}
+
+// timeline lists the kills and reloads in time order, from the start of
+// the load, for reading beside the logs of a failed run.
+func (r *soakRun) timeline(w io.Writer) {
+	type event struct {
+		at   time.Time
+		what string
+	}
+	var evs []event
+	for _, k := range r.kills {
+		evs = append(evs, event{k.at, "kill " + k.tag})
+	}
+	for _, rl := range r.reloads {
+		what := fmt.Sprintf("reload to %q, took %s ms", rl.variant, ms(rl.took))
+		if rl.err != nil {
+			what += ": " + rl.err.Error()
+		}
+		evs = append(evs, event{rl.start, what})
+	}
+	sort.Slice(evs, func(i, j int) bool { return evs[i].at.Before(evs[j].at) })
+	for _, e := range evs {
+		fmt.Fprintf(w, "%9.3fs  %s  (unix %.6f)\n", e.at.Sub(r.loadStart).Seconds(), e.what, float64(e.at.UnixNano())/1e9)
+	}
 }

@@ -60,10 +60,13 @@ const (
 	// killed, and its consumer's answer came after the kill.
 	lossKilled
 	// lossKilledInFlight: Caddy's server read it but it never reached a
-	// job handler; it was in flight when a worker was killed and failed as
-	// a dead worker's job fails within inFlightWindow of the kill, and that
-	// kill has a connection left to account for it (a kill costs at most
-	// one job per connection of the killed worker).
+	// job handler; it was sent before a worker was killed (or within
+	// inFlightSlack after: the hub may hand out a dead connection until it
+	// reads its end), failed as a dead worker's job fails within
+	// inFlightWindow of the kill, and that kill has a connection left to
+	// account for it (a kill costs at most one job per connection of the
+	// killed worker). Where the hub's error names the worker connection,
+	// it must be the killed worker's.
 	lossKilledInFlight
 	// lossMisbehaver: a misbehaving worker connection (a test attacker)
 	// received the job.
@@ -90,6 +93,11 @@ var lossNames = map[lossClass]string{
 // answers 502 when it reads their end.
 const inFlightWindow = 500 * time.Millisecond
 
+// inFlightSlack is how long after a kill the hub may still hand a job to
+// one of the dead worker's connections: until its idle watcher reads the
+// end the kernel sent at once. Later than that is the hub's defect.
+const inFlightSlack = 50 * time.Millisecond
+
 // handoverSlack is how long after a reload's POST /load returned a
 // connection reset of its listener handover may still reach the consumer.
 const handoverSlack = 100 * time.Millisecond
@@ -101,6 +109,9 @@ type evidence struct {
 	taken   map[string]string // job id -> the kind of attacker connection it was given to
 	seen    map[string]bool   // job ids in Caddy's access log; nil if the log could not be read
 	reloads []reload
+	// jobWorker names, by job id, the worker whose connection the hub's
+	// error for the job names (its debug log maps addresses to names).
+	jobWorker map[string]string
 }
 
 // attribute classifies each lost request (those not ok, not hung, not
@@ -142,13 +153,16 @@ func attribute(outcomes []outcome, ev evidence) map[string]lossClass {
 		unexplained = append(unexplained, o)
 	}
 	// Jobs that never reached a handler go to the latest kill before their
-	// failure that has a connection left to account for them, earliest
-	// failures first.
+	// failure that fits and has a connection left to account for them,
+	// earliest failures first.
 	sort.Slice(unexplained, func(i, j int) bool { return unexplained[i].end.Before(unexplained[j].end) })
 	for _, o := range unexplained {
 		for ki := len(ev.kills) - 1; ki >= 0; ki-- {
 			k := ev.kills[ki]
-			if k.at.After(o.end) || o.end.Sub(k.at) > inFlightWindow || charged[ki] >= k.slots {
+			if k.at.After(o.end) || o.end.Sub(k.at) > inFlightWindow || o.start.After(k.at.Add(inFlightSlack)) || charged[ki] >= k.slots {
+				continue
+			}
+			if w := ev.jobWorker[o.id]; w != "" && w != k.tag {
 				continue
 			}
 			charged[ki]++
