@@ -51,15 +51,15 @@ func soakMain(args []string) int {
 	}
 	fs.StringVar(&o.caddy, "caddy", "bin/caddy", "Caddy binary built with the plugin")
 	fs.StringVar(&o.worker, "worker", "bin/reverse-http-worker", "reverse-http-worker binary")
-	fs.BoolVar(&o.quick, "quick", false, "a short run (about 75 s), with all the reloads and attacker connections of a full one")
+	fs.BoolVar(&o.quick, "quick", false, "a short run (about a minute), with all the reloads and attacker connections of a full one")
 	fs.Uint64Var(&o.seed, "seed", o.seed, "`SEED` of the consumers' requests and the attackers' order")
-	load := fs.Duration("duration", 0, "how long the load runs (default 150s, or 40s with -quick)")
+	load := fs.Duration("duration", 0, "how long the load runs (default 150s, or 50s with -quick)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch directory (logs, configs, the execution log); it is kept anyway when the soak fails")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if o.quick {
-		o.load, o.settle = 40*time.Second, 15*time.Second
+		o.load, o.settle = 50*time.Second, 15*time.Second
 	}
 	if *load > 0 {
 		o.load = *load
@@ -175,120 +175,141 @@ func runSoak(ctx context.Context, e *env, o *soakOptions) *soakRun {
 	r := &soakRun{o: o}
 	started := time.Now()
 	defer func() { r.took = time.Since(started) }()
-
-	ports, err := freePorts(4)
+	sys, err := startSystem(ctx, e)
 	if err != nil {
-		r.fail("ports: %v", err)
+		r.fail("%v", err)
 		return r
 	}
-	a := soakAddrs{}
+	pid := sys.caddy.pid()
+	time.Sleep(time.Second)
+	e.collectGarbage()
+	if r.before, err = e.caddyFigures(pid); err != nil {
+		r.fail("caddy figures: %v", err)
+		return r
+	}
+	resetPeak(pid)
+	sampler := e.samplePeaks(pid, time.Second)
+	r.underLoad(ctx, sys)
+	r.peak = sampler.end(pid)
+	r.interrupted = ctx.Err() != nil
+
+	progress("settling (up to %v)", o.settle)
+	r.after, r.settled = settle(ctx, e, pid, r.before, o.settle)
+	sys.stop()
+	r.readLogs(sys)
+	return r
+}
+
+// soakSystem is the processes under test.
+type soakSystem struct {
+	addrs      soakAddrs
+	paths      soakPaths
+	app, caddy *proc
+	starter    *soakWorkers
+	workers    []*soakWorker
+	victims    []*soakWorker // the workers the chaos kills
+}
+
+// startSystem starts the app, Caddy and the workers, and waits until each
+// worker has served a job.
+func startSystem(ctx context.Context, e *env) (*soakSystem, error) {
+	ports, err := freePorts(4)
+	if err != nil {
+		return nil, fmt.Errorf("ports: %v", err)
+	}
+	s := &soakSystem{paths: newSoakPaths(e.dir)}
+	a := &s.addrs
 	for i, p := range []*string{&a.admin, &a.site, &a.workers, &a.app} {
 		*p = fmt.Sprintf("127.0.0.1:%d", ports[i])
 	}
 	e.admin = a.admin
-	l := newSoakPaths(e.dir)
-
-	app, err := e.start("app", true, e.self, "soak-serve", "--listen", a.app, "--log", l.exec)
-	if err != nil {
-		r.fail("app: %v", err)
-		return r
+	if s.app, err = e.start("app", true, e.self, "soak-serve", "--listen", a.app, "--log", s.paths.exec); err != nil {
+		return nil, fmt.Errorf("app: %v", err)
 	}
 	cfgPath := filepath.Join(e.dir, "caddy.json")
-	if err := os.WriteFile(cfgPath, soakVariants[0].caddyConfig(a, l), 0o644); err != nil {
-		r.fail("config: %v", err)
-		return r
+	if err := os.WriteFile(cfgPath, soakVariants[0].caddyConfig(s.addrs, s.paths), 0o644); err != nil {
+		return nil, fmt.Errorf("config: %v", err)
 	}
-	caddy, err := e.start("caddy", false, e.caddy, "run", "--config", cfgPath)
-	if err != nil {
-		r.fail("caddy: %v", err)
-		return r
+	if s.caddy, err = e.start("caddy", false, e.caddy, "run", "--config", cfgPath); err != nil {
+		return nil, fmt.Errorf("caddy: %v", err)
 	}
-	if err := waitListening(caddy, a.site, a.workers, a.admin); err != nil {
-		r.fail("caddy: %v", err)
-		return r
+	if err := waitListening(s.caddy, a.site, a.workers, a.admin); err != nil {
+		return nil, fmt.Errorf("caddy: %v", err)
 	}
-	ws := &soakWorkers{e: e, addrs: a, execLog: l.exec}
-	stableBin := &soakWorker{group: "stable-bin", binary: true, slots: 4}
-	stablePkg := &soakWorker{group: "stable-pkg", slots: 4}
-	chaosBin := &soakWorker{group: "chaos-bin", binary: true, slots: 2}
-	chaosPkg := &soakWorker{group: "chaos-pkg", slots: 2}
-	all := []*soakWorker{stableBin, stablePkg, chaosBin, chaosPkg}
-	for _, w := range all {
-		if err := ws.start(w); err != nil {
-			r.fail("%v", err)
-			return r
+	s.starter = &soakWorkers{e: e, addrs: s.addrs, execLog: s.paths.exec}
+	s.victims = []*soakWorker{
+		{group: "chaos-bin", binary: true, slots: 2},
+		{group: "chaos-pkg", slots: 2},
+	}
+	s.workers = append([]*soakWorker{
+		{group: "stable-bin", binary: true, slots: 4},
+		{group: "stable-pkg", slots: 4},
+	}, s.victims...)
+	for _, w := range s.workers {
+		if err := s.starter.start(w); err != nil {
+			return nil, err
 		}
 	}
-	if err := warmUp(ctx, a.site, all); err != nil {
-		r.fail("warm-up: %v", err)
-		return r
+	if err := warmUp(ctx, a.site, s.workers); err != nil {
+		return nil, fmt.Errorf("warm-up: %v", err)
 	}
-	time.Sleep(time.Second)
-	e.collectGarbage()
-	if r.before, err = e.caddyFigures(caddy.pid()); err != nil {
-		r.fail("caddy figures: %v", err)
-		return r
-	}
-	resetPeak(caddy.pid())
-	sampler := e.samplePeaks(caddy.pid(), time.Second)
+	return s, nil
+}
 
+// stop takes the system down, Caddy gracefully so that its logs are
+// complete.
+func (s *soakSystem) stop() {
+	for _, w := range s.workers {
+		w.p.kill()
+	}
+	s.caddy.stop(10 * time.Second)
+	s.app.stop(10 * time.Second)
+}
+
+// underLoad runs the consumers, the chaos, the reloads and the attackers
+// at once, for the load's duration, and waits for the last of them.
+func (r *soakRun) underLoad(ctx context.Context, s *soakSystem) {
+	o := r.o
 	progress("%v of load: %d consumers, workers %s and %s killed in turn every %v, %d reloads, %d attacker connections",
-		o.load, o.consumers, chaosBin.group, chaosPkg.group, o.killEvery, o.reloads, o.attacks)
-	loadStart := time.Now()
-	stopLoad := make(chan struct{})
+		o.load, o.consumers, s.victims[0].group, s.victims[1].group, o.killEvery, o.reloads, o.attacks)
+	r.loadStart = time.Now()
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() { r.outcomes = consumers(ctx, stopLoad, a.site, o.consumers, o.seed, o.clientTimeout) })
+	wg.Go(func() { r.outcomes = consumers(ctx, stop, s.addrs.site, o.consumers, o.seed, o.clientTimeout) })
 	var chaosErr error
-	wg.Go(func() { r.kills, chaosErr = ws.chaos(ctx, stopLoad, []*soakWorker{chaosBin, chaosPkg}, o.killEvery) })
-	wg.Go(func() { r.reloads = reloads(ctx, a, l, o.reloads, loadStart, o.load) })
+	wg.Go(func() { r.kills, chaosErr = s.starter.chaos(ctx, stop, s.victims, o.killEvery) })
+	wg.Go(func() { r.reloads = reloads(ctx, s.addrs, s.paths, o.reloads, r.loadStart, o.load) })
 	// The attackers finish a little early, so that their last
 	// connections end while the load still runs.
 	wg.Go(func() {
-		r.attacks = attacks(ctx, a.workers, o.attacks, o.attackParallel, o.seed, loadStart, o.load-attackDeadline)
+		r.attacks = attacks(ctx, s.addrs.workers, o.attacks, o.attackParallel, o.seed, r.loadStart, o.load-attackDeadline)
 	})
-	sleepUntil(ctx, loadStart.Add(o.load))
-	close(stopLoad)
-	progress("load over after %v; waiting for the last requests", time.Since(loadStart).Round(time.Second))
+	sleepUntil(ctx, r.loadStart.Add(o.load))
+	close(stop)
+	progress("load over after %v; waiting for the last requests", time.Since(r.loadStart).Round(time.Second))
 	wg.Wait()
 	if chaosErr != nil && !errors.Is(chaosErr, context.Canceled) && !errors.Is(chaosErr, context.DeadlineExceeded) {
 		r.fail("chaos: %v", chaosErr)
 	}
-	r.peak = sampler.end(caddy.pid())
-	r.interrupted = ctx.Err() != nil
-	r.loadStart = loadStart
+}
 
-	progress("settling (up to %v)", o.settle)
-	r.after, r.settled = settle(ctx, e, caddy.pid(), r.before, o.settle)
-
-	for _, w := range all {
-		w.p.kill()
-	}
-	caddy.stop(10 * time.Second)
-	app.stop(10 * time.Second)
+// readLogs reads the evidence the processes left: the execution log,
+// Caddy's access log and error lines, and the hub's debug log.
+func (r *soakRun) readLogs(s *soakSystem) {
 	logs := []struct {
 		name, path string
 		read       func(io.Reader) error
 	}{
-		{"execution log", l.exec, func(f io.Reader) (err error) { r.runs, err = readExecLog(f); return err }},
-		{"access log", l.access, func(f io.Reader) (err error) { r.seen, err = readAccessLog(f); return err }},
-		{"Caddy's log", caddy.log, func(f io.Reader) (err error) { r.handlerErrs, err = readHandlerErrors(f); return err }},
-		{"the hub's log", l.hub, func(f io.Reader) (err error) { r.hubLog, err = readHubLog(f); return err }},
+		{"execution log", s.paths.exec, func(f io.Reader) (err error) { r.runs, err = readExecLog(f); return err }},
+		{"access log", s.paths.access, func(f io.Reader) (err error) { r.seen, err = readAccessLog(f); return err }},
+		{"Caddy's log", s.caddy.log, func(f io.Reader) (err error) { r.handlerErrs, err = readHandlerErrors(f); return err }},
+		{"the hub's log", s.paths.hub, func(f io.Reader) (err error) { r.hubLog, err = readHubLog(f); return err }},
 	}
 	for _, lg := range logs {
 		if err := readLog(lg.path, lg.read); err != nil {
 			r.fail("%s: %v", lg.name, err)
 		}
 	}
-	return r
-}
-
-func readLog(path string, read func(io.Reader) error) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return read(f)
 }
 
 // warmUp sends jobs until each worker has served one, so that all are

@@ -486,3 +486,49 @@ func TestHubLogs(t *testing.T) {
 		t.Errorf("an error naming no address gave %q", got)
 	}
 }
+
+// The summary's verdict, which is the soak's exit status, fails on each
+// requirement alone.
+func TestSummaryVerdict(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	clean := func() *soakRun {
+		figs := caddyFigures{rss: 50 << 20, goroutines: 13, heap: 8 << 20}
+		r := &soakRun{
+			o:        &soakOptions{reloads: 1, attacks: 1, clientTimeout: 20 * time.Second},
+			outcomes: []outcome{{id: "a", method: "GET", start: t0, end: t0.Add(time.Millisecond)}},
+			runs:     map[string][]execution{"a": {{tag: "stable-pkg.1", start: t0}}},
+			reloads:  []reload{{variant: "base", start: t0}},
+			attacks:  []attackResult{{kind: attackKinds[0].name, bad: true, outcome: "closed"}},
+			before:   figs, peak: figs, after: figs,
+			seen: map[string]bool{"a": true},
+		}
+		return r
+	}
+	tests := []struct {
+		name  string
+		spoil func(r *soakRun)
+		want  string // in the failures; "" for a pass
+	}{
+		{name: "clean", spoil: func(*soakRun) {}},
+		{name: "ran twice", spoil: func(r *soakRun) { r.runs["a"] = append(r.runs["a"], execution{tag: "x"}) }, want: "ran twice"},
+		{name: "hung", spoil: func(r *soakRun) { r.outcomes[0].hung = true }, want: "hung"},
+		{name: "lost", spoil: func(r *soakRun) { r.outcomes[0].cause = "status 503" }, want: "lost for no reason"},
+		{name: "bad connection admitted", spoil: func(r *soakRun) { r.attacks[0].admitted = true }, want: "bad connections admitted"},
+		{name: "goroutines", spoil: func(r *soakRun) { r.after.goroutines = 40 }, want: "goroutines"},
+		{name: "RSS", spoil: func(r *soakRun) { r.after.rss = 200 << 20 }, want: "RSS"},
+		{name: "a reload failed", spoil: func(r *soakRun) { r.reloads[0].err = fmt.Errorf("status 400") }, want: "reloads"},
+		{name: "interrupted", spoil: func(r *soakRun) { r.interrupted = true }, want: "interrupted"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := clean()
+			tt.spoil(r)
+			var out strings.Builder
+			pass := r.summary(&out)
+			_, failures, _ := strings.Cut(out.String(), "soak: FAIL")
+			if pass != (tt.want == "") || (tt.want != "" && !strings.Contains(failures, tt.want)) {
+				t.Errorf("pass %v, want %v with %q among the failures:\n%s", pass, tt.want == "", tt.want, out.String())
+			}
+		})
+	}
+}

@@ -11,17 +11,22 @@ import (
 	"time"
 )
 
+// verdict gathers the failures a summary finds.
+type verdict struct{ failures []string }
+
+// check records a failure if bad, and returns the word for the summary's
+// line.
+func (v *verdict) check(bad bool, format string, a ...any) string {
+	if !bad {
+		return "ok"
+	}
+	v.failures = append(v.failures, fmt.Sprintf(format, a...))
+	return "FAIL"
+}
+
 // summary prints what the soak saw and whether it passed.
 func (r *soakRun) summary(w io.Writer) bool {
 	o := r.o
-	var failures []string
-	failIf := func(bad bool, format string, a ...any) string {
-		if bad {
-			failures = append(failures, fmt.Sprintf(format, a...))
-			return "FAIL"
-		}
-		return "ok"
-	}
 	mode := "full"
 	if o.quick {
 		mode = "quick"
@@ -35,36 +40,57 @@ func (r *soakRun) summary(w io.Writer) bool {
 		}
 		return false
 	}
+	v := &verdict{}
 	for _, e := range r.errs {
-		failures = append(failures, "the soak itself: "+e)
+		v.check(true, "the soak itself: %s", e)
 	}
-	if r.interrupted {
-		failures = append(failures, "the run was interrupted or overran its deadline")
+	v.check(r.interrupted, "the run was interrupted or overran its deadline")
+	r.printConsumers(w, v)
+	r.printChaos(w, v)
+	r.printAttacks(w, v)
+	r.printCaddy(w, v)
+	if len(v.failures) == 0 {
+		fmt.Fprintf(w, "\nsoak: PASS\n")
+		return true
 	}
+	fmt.Fprintf(w, "\nsoak: FAIL\n")
+	for _, f := range v.failures {
+		fmt.Fprintf(w, "  - %s\n", f)
+	}
+	return false
+}
 
-	// Consumers.
-	taken := make(map[string]string)
+// evidence gathers what tells where each job went, and how many jobs the
+// hub failed on an attacker's stray bytes that the attacker never saw.
+func (r *soakRun) evidence() (ev evidence, stray int) {
+	ev = evidence{runs: r.runs, kills: r.kills, taken: make(map[string]string), seen: r.seen, reloads: r.reloads,
+		jobWorker: make(map[string]string)}
 	for _, a := range r.attacks {
 		for _, id := range a.jobs {
-			taken[id] = a.kind
+			ev.taken[id] = a.kind
 		}
 	}
-	stray := 0
-	jobWorker := make(map[string]string)
 	for _, o := range r.outcomes {
 		msg, ok := r.handlerErrs[o.id]
 		if !ok {
 			continue
 		}
-		if w := workerOf(msg, o.end, r.hubLog.conns); w != "" {
-			jobWorker[o.id] = w
+		if wk := workerOf(msg, o.end, r.hubLog.conns); wk != "" {
+			ev.jobWorker[o.id] = wk
 		}
-		if _, ok := taken[o.id]; !ok && strings.Contains(msg, strayMarker) {
-			taken[o.id] = "stray bytes read as the answer"
+		if _, ok := ev.taken[o.id]; !ok && strings.Contains(msg, strayMarker) {
+			ev.taken[o.id] = "stray bytes read as the answer"
 			stray++
 		}
 	}
-	classes := attribute(r.outcomes, evidence{runs: r.runs, kills: r.kills, taken: taken, seen: r.seen, reloads: r.reloads, jobWorker: jobWorker})
+	return ev, stray
+}
+
+// printConsumers prints what the consumers got, the losses by class, the
+// hung requests and the ones that ran twice.
+func (r *soakRun) printConsumers(w io.Writer, v *verdict) {
+	ev, stray := r.evidence()
+	classes := attribute(r.outcomes, ev)
 	methods := map[string]int{}
 	var ok, hung, aborted int
 	causes := map[string]int{}
@@ -101,20 +127,22 @@ func (r *soakRun) summary(w io.Writer) bool {
 			"of which the hub took stray bytes for the answer", stray)
 	}
 	fmt.Fprintf(w, "    %-50s %7d  Caddy's, not the plugin's: reported, not failed\n", lossNames[lossHandover], byClass[lossHandover])
-	v := failIf(byClass[lossOther] > 0, "%d requests lost for no reason the soak can name (%s)", byClass[lossOther], counts(otherCauses))
-	fmt.Fprintf(w, "    %-50s %7d  %s, must be 0%s\n", lossNames[lossOther], byClass[lossOther], v, suffix(counts(otherCauses)))
-	v = failIf(hung > 0, "%d requests hung (no answer within %v)", hung, o.clientTimeout)
-	fmt.Fprintf(w, "  %-52s %7d  %s, must be 0\n", fmt.Sprintf("hung (no answer within %v)", o.clientTimeout), hung, v)
+	res := v.check(byClass[lossOther] > 0, "%d requests lost for no reason the soak can name (%s)", byClass[lossOther], counts(otherCauses))
+	fmt.Fprintf(w, "    %-50s %7d  %s, must be 0%s\n", lossNames[lossOther], byClass[lossOther], res, suffix(counts(otherCauses)))
+	res = v.check(hung > 0, "%d requests hung (no answer within %v)", hung, r.o.clientTimeout)
+	fmt.Fprintf(w, "  %-52s %7d  %s, must be 0\n", fmt.Sprintf("hung (no answer within %v)", r.o.clientTimeout), hung, res)
 	if aborted > 0 {
 		fmt.Fprintf(w, "  %-52s %7d\n", "cut off by the end of an interrupted run", aborted)
 	}
 	twice := ranTwice(r.outcomes, r.runs)
-	v = failIf(len(twice) > 0, "%d requests ran twice", len(twice))
-	fmt.Fprintf(w, "  %-52s %7d  %s, must be 0\n", "ran twice (started more than once at a handler)", len(twice), v)
+	res = v.check(len(twice) > 0, "%d requests ran twice", len(twice))
+	fmt.Fprintf(w, "  %-52s %7d  %s, must be 0\n", "ran twice (started more than once at a handler)", len(twice), res)
 	r.printTwice(w, twice)
-	r.printOther(w, classes, jobWorker)
+	r.printOther(w, classes, ev.jobWorker)
+}
 
-	// Chaos and reloads.
+// printChaos prints the kills and the reloads.
+func (r *soakRun) printChaos(w io.Writer, v *verdict) {
 	groups := map[string]int{}
 	for _, k := range r.kills {
 		groups[tagGroup(k.tag)]++
@@ -129,43 +157,35 @@ func (r *soakRun) summary(w io.Writer) bool {
 		}
 	}
 	took = sorted(took)
-	v = failIf(len(r.reloads) < o.reloads || len(reloadErrs) > 0, "%d of %d reloads done, %d failed", len(r.reloads), o.reloads, len(reloadErrs))
+	res := v.check(len(r.reloads) < r.o.reloads || len(reloadErrs) > 0, "%d of %d reloads done, %d failed",
+		len(r.reloads), r.o.reloads, len(reloadErrs))
 	fmt.Fprintf(w, "config reloads (POST /load)                  %d of %d done, %d failed; each took p50 %s ms, max %s ms  %s\n",
-		len(r.reloads), o.reloads, len(reloadErrs), ms(percentile(took, 50)), ms(percentile(took, 100)), v)
+		len(r.reloads), r.o.reloads, len(reloadErrs), ms(percentile(took, 50)), ms(percentile(took, 100)), res)
 	for i, e := range reloadErrs {
 		if i == 3 {
 			break
 		}
 		fmt.Fprintf(w, "  %s\n", e)
 	}
+}
 
-	// Attackers.
-	failures = append(failures, r.printAttacks(w)...)
-
-	// Caddy.
-	fmt.Fprintf(w, "\nCaddy             before      peak     after (settled %v)\n", r.settled.Round(time.Second))
+// printCaddy prints Caddy's figures before, at the peak and after, against
+// the tolerance.
+func (r *soakRun) printCaddy(w io.Writer, v *verdict) {
 	t := soakTolerance
-	v = failIf(!t.rssOK(r.before.rss, r.after.rss), "Caddy's RSS did not come back: %s MiB before, %s MiB after", mib(r.before.rss), mib(r.after.rss))
+	fmt.Fprintf(w, "\nCaddy             before      peak     after (settled %v)\n", r.settled.Round(time.Second))
+	res := v.check(!t.rssOK(r.before.rss, r.after.rss), "Caddy's RSS did not come back: %s MiB before, %s MiB after",
+		mib(r.before.rss), mib(r.after.rss))
 	fmt.Fprintf(w, "  RSS MiB      %9s %9s %9s   %s: after <= before x %.2f + %s MiB\n", mib(r.before.rss), mib(r.peak.rss), mib(r.after.rss),
-		v, 1+t.rssFrac, mib(t.rssAbs))
-	v = failIf(!t.goroutinesOK(r.before.goroutines, r.after.goroutines), "Caddy's goroutines did not come back: %d before, %d after",
+		res, 1+t.rssFrac, mib(t.rssAbs))
+	res = v.check(!t.goroutinesOK(r.before.goroutines, r.after.goroutines), "Caddy's goroutines did not come back: %d before, %d after",
 		r.before.goroutines, r.after.goroutines)
 	fmt.Fprintf(w, "  goroutines   %9d %9d %9d   %s: after <= before x %.2f + %d\n", r.before.goroutines, r.peak.goroutines, r.after.goroutines,
-		v, 1+t.goroutinesFrac, t.goroutinesAbs)
-	v = failIf(!t.heapOK(r.before.heap, r.after.heap), "Caddy's Go heap did not come back: %s MiB before, %s MiB after",
+		res, 1+t.goroutinesFrac, t.goroutinesAbs)
+	res = v.check(!t.heapOK(r.before.heap, r.after.heap), "Caddy's Go heap did not come back: %s MiB before, %s MiB after",
 		mib(int64(r.before.heap)), mib(int64(r.after.heap)))
 	fmt.Fprintf(w, "  Go heap MiB  %9s %9s %9s   %s: after <= before x %.2f + %s MiB (in use, after a GC)\n", mib(int64(r.before.heap)),
-		mib(int64(r.peak.heap)), mib(int64(r.after.heap)), v, 1+t.heapFrac, mib(t.heapAbs))
-
-	if len(failures) == 0 {
-		fmt.Fprintf(w, "\nsoak: PASS\n")
-		return true
-	}
-	fmt.Fprintf(w, "\nsoak: FAIL\n")
-	for _, f := range failures {
-		fmt.Fprintf(w, "  - %s\n", f)
-	}
-	return false
+		mib(int64(r.peak.heap)), mib(int64(r.after.heap)), res, 1+t.heapFrac, mib(t.heapAbs))
 }
 
 // printTwice shows a few of the requests that ran twice, with where.
@@ -290,9 +310,8 @@ func (r *soakRun) nearest(t time.Time) string {
 	return fmt.Sprintf("nearest reload start %s, nearest kill %s", near(rl), near(kl))
 }
 
-// printAttacks prints the attacker connections by kind and returns the
-// failures among them.
-func (r *soakRun) printAttacks(w io.Writer) []string {
+// printAttacks prints the attacker connections by kind.
+func (r *soakRun) printAttacks(w io.Writer, v *verdict) {
 	type tally struct {
 		bad               bool
 		n, admitted, jobs int
@@ -323,17 +342,11 @@ func (r *soakRun) printAttacks(w io.Writer) []string {
 			goodJobs += len(a.jobs)
 		}
 	}
-	var failures []string
-	v := "ok"
-	if badAdmitted > 0 {
-		v = "FAIL"
-		failures = append(failures, fmt.Sprintf("%d of %d bad connections admitted", badAdmitted, bad))
-	}
-	if len(r.attacks) < r.o.attacks {
-		failures = append(failures, fmt.Sprintf("only %d of %d attacker connections were made", len(r.attacks), r.o.attacks))
-	}
+	res := v.check(badAdmitted > 0, "%d of %d bad connections admitted", badAdmitted, bad)
+	v.check(len(r.attacks) < r.o.attacks, "only %d of %d attacker connections were made", len(r.attacks), r.o.attacks)
 	fmt.Fprintf(w, "\nattacker connections to the worker port       %d\n", len(r.attacks))
-	fmt.Fprintf(w, "  bad (no valid credential for the pool named)  %d attempted, %d admitted (answered 101 or given a job)  %s, must be 0\n", bad, badAdmitted, v)
+	fmt.Fprintf(w, "  bad (no valid credential for the pool named)  %d attempted, %d admitted (answered 101 or given a job)  %s, must be 0\n",
+		bad, badAdmitted, res)
 	fmt.Fprintf(w, "  misbehaving with a valid token                %d, given %d jobs (their consumers' loss is expected)\n", good, goodJobs)
 	warned := 0
 	for _, n := range r.hubLog.warnings {
@@ -349,7 +362,6 @@ func (r *soakRun) printAttacks(w io.Writer) []string {
 		}
 		fmt.Fprintf(w, "  %-46s %4d %8s  %s\n", k, t.n, adm, counts(t.outcomes))
 	}
-	return failures
 }
 
 // counts lists a tally, largest first: "a 3, b 1".
