@@ -22,8 +22,8 @@ func TestAttribute(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	kills := []kill{
-		{tag: "chaos-pkg.1", slots: 2, at: at(1000)},
-		{tag: "chaos-bin.2", slots: 1, at: at(2000)},
+		{tag: "chaos-pkg.1", slots: 2, at: at(1000), died: at(1001)},
+		{tag: "chaos-bin.2", slots: 1, at: at(2000), died: at(2001)},
 	}
 	reloads := []reload{{variant: "v", start: at(5000), took: 10 * time.Millisecond}}
 	runs := map[string][]execution{
@@ -77,7 +77,8 @@ func TestAttribute(t *testing.T) {
 // connection, on the killed worker's.
 func TestAttributeInFlight(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	kills := []kill{{tag: "chaos-bin.1", slots: 2, at: t0}}
+	// Killed at 0, died at 30 ms.
+	kills := []kill{{tag: "chaos-bin.1", slots: 2, at: t0, died: t0.Add(30 * time.Millisecond)}}
 	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
 	tests := []struct {
 		name       string
@@ -86,8 +87,10 @@ func TestAttributeInFlight(t *testing.T) {
 		want       lossClass
 	}{
 		{name: "sent before the kill", start: ms(-20), end: ms(5), want: lossKilledInFlight},
-		{name: "sent just after it, while the hub may not know", start: ms(10), end: ms(15), want: lossKilledInFlight},
+		{name: "sent after the kill, before the death", start: ms(10), end: ms(35), want: lossKilledInFlight},
+		{name: "sent just after the death, while the hub may not know", start: ms(60), end: ms(65), want: lossKilledInFlight},
 		{name: "sent well after it: the hub should have dropped the connection", start: ms(280), end: ms(357), want: lossOther},
+		{name: "failed before the kill", start: ms(-30), end: ms(-1), want: lossOther},
 		{name: "the hub names the killed worker", start: ms(-20), end: ms(5), worker: "chaos-bin.1", want: lossKilledInFlight},
 		{name: "the hub names another worker", start: ms(-20), end: ms(5), worker: "stable-pkg.1", want: lossOther},
 	}
@@ -109,7 +112,7 @@ func TestAttributeInFlight(t *testing.T) {
 // its confirmed ones included.
 func TestAttributeChargesAKillOncePerSlot(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	kills := []kill{{tag: "chaos-bin.1", slots: 2, at: t0}}
+	kills := []kill{{tag: "chaos-bin.1", slots: 2, at: t0, died: t0}}
 	runs := map[string][]execution{"ran": {{tag: "chaos-bin.1", start: t0.Add(-time.Millisecond)}}}
 	var outcomes []outcome
 	for i, id := range []string{"ran", "a", "b", "c"} {

@@ -65,8 +65,9 @@ func (s *soakWorkers) chaos(ctx context.Context, stop <-chan struct{}, victims [
 		if w.p.exited() {
 			return kills, fmt.Errorf("worker %s exited by itself: %s", w.tag, w.p.tail())
 		}
-		kills = append(kills, kill{tag: w.tag, slots: w.slots, at: time.Now()})
+		at := time.Now()
 		w.p.kill()
+		kills = append(kills, kill{tag: w.tag, slots: w.slots, at: at, died: time.Now()})
 		if err := s.start(w); err != nil {
 			return kills, err
 		}

@@ -295,10 +295,13 @@ func (r *soakRun) nearest(t time.Time) string {
 				best = d
 			}
 		}
-		if best == time.Duration(math.MaxInt64) {
+		switch {
+		case best == time.Duration(math.MaxInt64):
 			return "none"
+		case best >= 0:
+			return ms(best) + " ms before"
 		}
-		return fmt.Sprintf("%+.0f ms", float64(best)/float64(time.Millisecond))
+		return ms(-best) + " ms after"
 	}
 	var rl, kl []time.Time
 	for _, x := range r.reloads {
@@ -307,7 +310,7 @@ func (r *soakRun) nearest(t time.Time) string {
 	for _, k := range r.kills {
 		kl = append(kl, k.at)
 	}
-	return fmt.Sprintf("nearest reload start %s, nearest kill %s", near(rl), near(kl))
+	return fmt.Sprintf("the nearest reload began %s, the nearest kill %s", near(rl), near(kl))
 }
 
 // printAttacks prints the attacker connections by kind.
@@ -399,7 +402,7 @@ func (r *soakRun) timeline(w io.Writer) {
 	}
 	var evs []event
 	for _, k := range r.kills {
-		evs = append(evs, event{k.at, "kill " + k.tag})
+		evs = append(evs, event{k.at, fmt.Sprintf("kill %s (reaped %s ms later)", k.tag, ms(k.died.Sub(k.at)))})
 	}
 	for _, rl := range r.reloads {
 		what := fmt.Sprintf("reload to %q, took %s ms", rl.variant, ms(rl.took))

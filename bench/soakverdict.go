@@ -49,6 +49,10 @@ type kill struct {
 	tag   string // the process's tag: unique to this process
 	slots int    // its connections, so at most this many jobs died with it
 	at    time.Time
+	// died is when the process was reaped: by then the kernel had closed
+	// its sockets and sent their ends to the hub. On a busy machine a
+	// killed process may take tens of milliseconds to die.
+	died time.Time
 }
 
 // lossClass says why a lost request was lost.
@@ -60,13 +64,13 @@ const (
 	// killed, and its consumer's answer came after the kill.
 	lossKilled
 	// lossKilledInFlight: Caddy's server read it but it never reached a
-	// job handler; it was sent before a worker was killed (or within
+	// job handler; it was sent before a killed worker died (or within
 	// inFlightSlack after: the hub may hand out a dead connection until it
-	// reads its end), failed as a dead worker's job fails within
-	// inFlightWindow of the kill, and that kill has a connection left to
-	// account for it (a kill costs at most one job per connection of the
-	// killed worker). Where the hub's error names the worker connection,
-	// it must be the killed worker's.
+	// reads its end), failed as a dead worker's job fails, after the kill
+	// and within inFlightWindow of the death, and that kill has a
+	// connection left to account for it (a kill costs at most one job per
+	// connection of the killed worker). Where the hub's error names the
+	// worker connection, it must be the killed worker's.
 	lossKilledInFlight
 	// lossMisbehaver: a misbehaving worker connection (a test attacker)
 	// received the job.
@@ -88,14 +92,14 @@ var lossNames = map[lossClass]string{
 	lossOther:          "OTHER: none of the above",
 }
 
-// inFlightWindow is how soon after a kill a job that died with the worker
-// fails: the kernel closes a killed process's sockets at once, and the hub
+// inFlightWindow is how soon after its worker's death a job that died
+// with it fails: the kernel closes a killed process's sockets at once, and the hub
 // answers 502 when it reads their end.
 const inFlightWindow = 500 * time.Millisecond
 
-// inFlightSlack is how long after a kill the hub may still hand a job to
-// one of the dead worker's connections: until its idle watcher reads the
-// end the kernel sent at once. Later than that is the hub's defect.
+// inFlightSlack is how long after a worker's death the hub may still hand
+// a job to one of its connections: until its idle watcher reads the end
+// the kernel sent. Later than that is the hub's defect.
 const inFlightSlack = 50 * time.Millisecond
 
 // handoverSlack is how long after a reload's POST /load returned a
@@ -159,7 +163,7 @@ func attribute(outcomes []outcome, ev evidence) map[string]lossClass {
 	for _, o := range unexplained {
 		for ki := len(ev.kills) - 1; ki >= 0; ki-- {
 			k := ev.kills[ki]
-			if k.at.After(o.end) || o.end.Sub(k.at) > inFlightWindow || o.start.After(k.at.Add(inFlightSlack)) || charged[ki] >= k.slots {
+			if k.at.After(o.end) || o.end.Sub(k.died) > inFlightWindow || o.start.After(k.died.Add(inFlightSlack)) || charged[ki] >= k.slots {
 				continue
 			}
 			if w := ev.jobWorker[o.id]; w != "" && w != k.tag {
