@@ -7,6 +7,8 @@
 #   make demo    build, then run demo/run.sh (DEMO_ONESHOT=1: check and exit)
 #   make bench   build, then run the benchmarks in bench/ (about 4 minutes);
 #                writes bench/results/RESULTS.md and the latency plots
+#   make soak    build, then run the soak in bench/ (about 3 minutes;
+#                SOAK_FLAGS=-quick: about 1 minute); fails if it finds a defect
 #   make clean   remove bin/
 
 GO ?= go
@@ -77,6 +79,13 @@ bench: build bin/bench
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
 	fi
 	ulimit -n "$$(ulimit -Hn)" && ./bin/bench -caddy bin/caddy -worker bin/reverse-http-worker -out bench/results -readme README.md $(BENCH_FLAGS)
+
+# The soak: load, worker kills, reloads and attacker connections at once
+# against bin/caddy (see README.md, "Tests"). SOAK_FLAGS=-quick for CI.
+.PHONY: soak
+SOAK_FLAGS ?=
+soak: build bin/bench
+	./bin/bench soak -caddy bin/caddy -worker bin/reverse-http-worker $(SOAK_FLAGS)
 
 clean:
 	rm -rf bin

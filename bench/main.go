@@ -9,6 +9,11 @@
 //
 // It re-runs itself with the argument "serve" for the application, backend
 // and worker processes (see serve.go).
+//
+//	bin/bench soak [-quick] -caddy bin/caddy -worker bin/reverse-http-worker
+//
+// runs the soak instead (`make soak`, see soak.go), with the role
+// "soak-serve" for its application and worker processes (soakapp.go).
 package main
 
 import (
@@ -45,12 +50,23 @@ type options struct {
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "serve" {
-		if err := serveMain(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "serve:", err)
-			os.Exit(1)
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "serve":
+			if err := serveMain(os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, "serve:", err)
+				os.Exit(1)
+			}
+			return
+		case "soak-serve":
+			if err := soakServeMain(os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, "soak-serve:", err)
+				os.Exit(1)
+			}
+			return
+		case "soak":
+			os.Exit(soakMain(os.Args[2:]))
 		}
-		return
 	}
 	// The defaults suit a run from the repository root, as make runs it.
 	caddyBin := flag.String("caddy", "bin/caddy", "Caddy binary built with the plugin")

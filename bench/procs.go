@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -25,7 +27,10 @@ type env struct {
 	self   string // this program, re-run for the "serve" role
 	admin  string // the admin address of the Caddy started last
 	dir    string // scratch directory for configs and logs
-	seq    int
+
+	mu    sync.Mutex
+	seq   int
+	procs []*proc // every child started, so that killAll can reach them
 }
 
 // proc is a child process of the benchmark.
@@ -39,13 +44,13 @@ type proc struct {
 // start runs a child with its output in a log file. If ready is set, it
 // waits for the child to print a line "ready".
 func (e *env) start(name string, ready bool, bin string, args ...string) (*proc, error) {
-	e.seq++
-	logPath := filepath.Join(e.dir, fmt.Sprintf("%03d-%s.log", e.seq, name))
+	logPath := filepath.Join(e.dir, fmt.Sprintf("%03d-%s.log", e.next(), name))
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = childAttr()
 	cmd.Stderr = logf
 	cmd.Env = append(os.Environ(),
 		"XDG_CONFIG_HOME="+filepath.Join(e.dir, "xdg-config"),
@@ -67,6 +72,9 @@ func (e *env) start(name string, ready bool, bin string, args ...string) (*proc,
 		return nil, fmt.Errorf("%s: %v", name, err)
 	}
 	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	e.mu.Lock()
+	e.procs = append(e.procs, p)
+	e.mu.Unlock()
 	if ready {
 		line := make(chan string, 1)
 		go func() {
@@ -101,6 +109,31 @@ func (e *env) start(name string, ready bool, bin string, args ...string) (*proc,
 		}()
 	}
 	return p, nil
+}
+
+// next numbers the files of the scratch directory in the order they are
+// made.
+func (e *env) next() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.seq++
+	return e.seq
+}
+
+// killAll kills every child still running and waits for each to exit. It is
+// the last line of defence of a run that fails or is interrupted.
+func (e *env) killAll() {
+	e.mu.Lock()
+	procs := slices.Clone(e.procs)
+	e.mu.Unlock()
+	for _, p := range procs {
+		if !p.exited() {
+			p.cmd.Process.Kill()
+		}
+	}
+	for _, p := range procs {
+		<-p.done
+	}
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
@@ -217,8 +250,7 @@ func waitListening(p *proc, addrs ...string) error {
 // admin endpoint, on a loopback port, serves /debug/vars and /debug/pprof/
 // for the memory figures and profiles.
 func (e *env) startCaddy(name, caddyfile string, addrs ...string) (*proc, error) {
-	e.seq++
-	path := filepath.Join(e.dir, fmt.Sprintf("%03d-%s.Caddyfile", e.seq, name))
+	path := filepath.Join(e.dir, fmt.Sprintf("%03d-%s.Caddyfile", e.next(), name))
 	port, err := freePorts(1)
 	if err != nil {
 		return nil, err
@@ -289,8 +321,7 @@ func (e *env) startHAProxy(config string, addrs ...string) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.seq++
-	path := filepath.Join(e.dir, fmt.Sprintf("%03d-haproxy.cfg", e.seq))
+	path := filepath.Join(e.dir, fmt.Sprintf("%03d-haproxy.cfg", e.next()))
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
