@@ -503,4 +503,3 @@ func (p *testPKI) caFile(t *testing.T) string {
 	}
 	return path
 }
-
