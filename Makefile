@@ -7,6 +7,9 @@
 #   make demo    build, then run demo/run.sh (DEMO_ONESHOT=1: check and exit)
 #   make bench   build, then run the benchmarks in bench/ (about 4 minutes);
 #                writes bench/results/RESULTS.md and the latency plots
+#   make fuzz    run each fuzz target for FUZZTIME (default 10m; FUZZFLAGS
+#                are passed to go test)
+#   make fuzz-quick  the same for 20s each, as CI does
 #   make clean   remove bin/
 
 GO ?= go
@@ -17,7 +20,7 @@ MODULE := github.com/reversehttp/reverse_http
 # and the module files that choose its dependencies and xcaddy's version.
 PLUGIN_SOURCES := $(filter-out %_test.go,$(wildcard *.go)) go.mod go.sum tools/go.mod tools/go.sum
 
-.PHONY: all build test smoke demo bench clean FORCE
+.PHONY: all build test smoke demo bench fuzz fuzz-quick clean FORCE
 
 all: build
 
@@ -77,6 +80,25 @@ bench: build bin/bench
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
 	fi
 	ulimit -n "$$(ulimit -Hn)" && ./bin/bench -caddy bin/caddy -worker bin/reverse-http-worker -out bench/results -readme README.md $(BENCH_FLAGS)
+
+# The fuzz targets, as package directory:FuzzName; their seed corpora are
+# in <package>/testdata/fuzz/<FuzzName>/. One line adds a target.
+FUZZ_TARGETS := \
+	.:FuzzHandshake \
+	.:FuzzHandshakeListener \
+	.:FuzzCaddyfile
+FUZZTIME ?= 10m
+FUZZFLAGS ?=
+
+fuzz:
+	@set -e; for target in $(FUZZ_TARGETS); do \
+		pkg=$${target%%:*}; name=$${target#*:}; \
+		echo "fuzz: $$name in ./$$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) "./$$pkg"; \
+	done
+
+fuzz-quick:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=20s
 
 clean:
 	rm -rf bin

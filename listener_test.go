@@ -51,7 +51,7 @@ type listenerOptions struct {
 	interval      time.Duration
 }
 
-func startTestListener(t *testing.T, o listenerOptions) *testListener {
+func startTestListener(t testing.TB, o listenerOptions) *testListener {
 	t.Helper()
 	if o.pools == nil {
 		o.pools = map[string]*PoolConfig{"jobs": {Tokens: []string{"secret"}}}
@@ -104,7 +104,7 @@ func cmpOr[T comparable](v, def T) T {
 
 func (tl *testListener) addr() string { return tl.ln.Addr().String() }
 
-func (tl *testListener) dial(t *testing.T) net.Conn {
+func (tl *testListener) dial(t testing.TB) net.Conn {
 	t.Helper()
 	conn, err := net.Dial("tcp", tl.addr())
 	if err != nil {
