@@ -164,6 +164,14 @@ http://:{siteport} {
 		}
 	}
 }`, []string{"pool b: listen " + h.worker + " overlaps listen :" + workerPort + " of pool a"}},
+		{"a pool giving an address twice", `{
+	reverse_http {
+		pool a {
+			listen {workers} {workers}
+			protocol pothead
+		}
+	}
+}`, []string{"pool a: listen " + h.worker + " is given twice"}},
 		{"pools sharing an address with different handshake timeouts", `{
 	reverse_http {
 		pool a {

@@ -111,6 +111,9 @@ func (a *App) planListeners(ctx caddy.Context) ([]*workerListener, error) {
 // settings that are the listener's must agree with its first pool's.
 func (wl *workerListener) canShare(name, l string, pc *PoolConfig, tlsJSON string) error {
 	first := wl.first
+	if _, dup := wl.pools[name]; dup || (wl.bare != nil && first == name) {
+		return fmt.Errorf("pool %s: listen %s is given twice", name, l)
+	}
 	if pc.Protocol == worker.ProtocolPothead || wl.bare != nil {
 		return fmt.Errorf("pool %s: listen %s is shared with pool %s, but a pothead pool needs an address of its own", name, l, first)
 	}
