@@ -9,6 +9,9 @@
 #                writes bench/results/RESULTS.md and the latency plots
 #   make soak    build, then run the soak in bench/ (about 3 minutes;
 #                SOAK_FLAGS=-quick: about 1 minute); fails if it finds a defect
+#   make fuzz    run each fuzz target for FUZZTIME (default 10m; FUZZFLAGS
+#                are passed to go test)
+#   make fuzz-quick  the same for 20s each, as CI does
 #   make clean   remove bin/
 
 GO ?= go
@@ -19,7 +22,7 @@ MODULE := github.com/reversehttp/reverse_http
 # and the module files that choose its dependencies and xcaddy's version.
 PLUGIN_SOURCES := $(filter-out %_test.go,$(wildcard *.go)) go.mod go.sum tools/go.mod tools/go.sum
 
-.PHONY: all build test smoke demo bench clean FORCE
+.PHONY: all build test smoke demo bench fuzz fuzz-quick clean FORCE
 
 all: build
 
@@ -86,6 +89,26 @@ bench: build bin/bench
 SOAK_FLAGS ?=
 soak: build bin/bench
 	./bin/bench soak -caddy bin/caddy -worker bin/reverse-http-worker $(SOAK_FLAGS)
+
+# The fuzz targets, as package directory:FuzzName; their seed corpora are
+# in <package>/testdata/fuzz/<FuzzName>/. One line adds a target.
+FUZZ_TARGETS := \
+	.:FuzzHandshake \
+	.:FuzzHandshakeListener \
+	.:FuzzCaddyfile \
+	.:FuzzWorkerResponse
+FUZZTIME ?= 10m
+FUZZFLAGS ?=
+
+fuzz:
+	@set -e; for target in $(FUZZ_TARGETS); do \
+		pkg=$${target%%:*}; name=$${target#*:}; \
+		echo "fuzz: $$name in ./$$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) "./$$pkg"; \
+	done
+
+fuzz-quick:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=20s
 
 clean:
 	rm -rf bin

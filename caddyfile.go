@@ -3,6 +3,7 @@ package reversehttp
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 
 	"github.com/reversehttp/reverse_http/worker"
@@ -13,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/dustin/go-humanize"
 )
 
 func init() {
@@ -21,7 +23,23 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("reverse_http", httpcaddyfile.After, "reverse_proxy")
 }
 
-// parseGlobalOption sets up the reverse_http app from the global option:
+// parseGlobalOption sets up the reverse_http app from the global option;
+// see App.UnmarshalCaddyfile for the syntax. The option may appear more
+// than once; pool names must be unique.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	app := new(App)
+	if prev, ok := existing.(httpcaddyfile.App); ok {
+		if err := json.Unmarshal(prev.Value, app); err != nil {
+			return nil, err
+		}
+	}
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "reverse_http", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile reads the body of the reverse_http global option:
 //
 //	reverse_http {
 //		pool <name> {
@@ -36,26 +54,18 @@ func init() {
 //			queue_timeout <duration>
 //			handshake_timeout <duration>
 //			response_timeout <duration>
+//			max_response_header <size>
+//			max_attempts <n>
+//			max_handshakes <n>
 //			allow_unauthenticated
 //		}
 //	}
 //
-// The option may appear more than once; pool names must be unique.
-func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
-	app := new(App)
-	if prev, ok := existing.(httpcaddyfile.App); ok {
-		if err := json.Unmarshal(prev.Value, app); err != nil {
-			return nil, err
-		}
-	}
-	if err := app.UnmarshalCaddyfile(d); err != nil {
-		return nil, err
-	}
-	return httpcaddyfile.App{Name: "reverse_http", Value: caddyconfig.JSON(app, nil)}, nil
-}
-
-// UnmarshalCaddyfile reads the body of the reverse_http global option; see
-// parseGlobalOption for the syntax.
+// The option may appear more than once; pool names must be unique and
+// contain only letters, digits, '-', '_' and '.', which a handshake's
+// target carries unescaped. Sizes take units as elsewhere in Caddy (10MB,
+// 64KiB). Pools that share a listen address must agree on tls,
+// handshake_timeout and max_handshakes. The README describes each option.
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the option's name
 	if d.NextArg() {
@@ -124,16 +134,29 @@ func (pc *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := pc.TLS.unmarshalCaddyfile(d); err != nil {
 				return err
 			}
-		case "max_queue":
+		case "max_queue", "max_attempts", "max_handshakes":
+			n, err := parsePositiveInt(d)
+			if err != nil {
+				return err
+			}
+			switch opt {
+			case "max_queue":
+				pc.MaxQueue = n
+			case "max_attempts":
+				pc.MaxAttempts = n
+			default:
+				pc.MaxHandshakes = n
+			}
+		case "max_response_header":
 			var s string
 			if !d.AllArgs(&s) {
 				return d.ArgErr()
 			}
-			n, err := strconv.Atoi(s)
-			if err != nil || n < 1 {
-				return d.Errf("max_queue must be a positive integer, not %q", s)
+			size, err := humanize.ParseBytes(s)
+			if err != nil || size < 1 || size > math.MaxInt64 {
+				return d.Errf("max_response_header must be a positive size such as 10MB, not %q", s)
 			}
-			pc.MaxQueue = n
+			pc.MaxResponseHeader = int64(size)
 		case "queue_timeout", "handshake_timeout", "response_timeout":
 			dur, err := parseDuration(d)
 			if err != nil {
@@ -184,6 +207,20 @@ func (pt *PoolTLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Err("tls needs hostnames: the names to serve certificates for")
 	}
 	return nil
+}
+
+// parsePositiveInt reads one positive integer argument.
+func parsePositiveInt(d *caddyfile.Dispenser) (int, error) {
+	opt := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return 0, d.Errf("%s must be a positive integer, not %q", opt, s)
+	}
+	return n, nil
 }
 
 // parseDuration reads one positive duration argument.

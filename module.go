@@ -6,9 +6,10 @@ package reversehttp
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,11 @@ func init() {
 // connections and queued requests survive reloads.
 var pools = caddy.NewUsagePool()
 
+// listening counts, by address, the configs whose worker listeners serve
+// it, so that a reload can tell a listener it opens from one that was
+// already open (Caddy reuses the socket).
+var listening = caddy.NewUsagePool()
+
 // Defaults for values a pool config leaves out.
 const (
 	DefaultMaxQueue         = 1000
@@ -36,6 +42,7 @@ const (
 	// As with reverse_proxy (net/http's Transport).
 	DefaultMaxResponseHeader = 10 << 20
 	DefaultMaxAttempts       = 5
+	DefaultMaxHandshakes     = 500
 )
 
 // App is the `reverse_http` app: it owns the pools and their worker
@@ -49,6 +56,10 @@ type App struct {
 	pools     map[string]*Pool
 	listeners []*workerListener
 	stopOnce  *sync.Once
+	// onStarted says that the events app will announce when this config
+	// has started, which is when its limits apply to the live pools.
+	onStarted bool
+	claimed   []string // addresses claimed in listening
 }
 
 // PoolConfig configures one pool.
@@ -56,7 +67,7 @@ type PoolConfig struct {
 	// Network addresses the pool's workers dial, in Caddy's network address
 	// syntax (e.g. `:4040`, `127.0.0.1:4040`, `unix//run/w.sock`). Required.
 	// Several ptth pools may share an address; the handshake's target picks
-	// the pool.
+	// the pool. An address may not be one an http server listens on.
 	Listen []string `json:"listen,omitempty"`
 
 	// How workers talk to the pool: `ptth` (default) opens each connection
@@ -87,11 +98,30 @@ type PoolConfig struct {
 	// 504. Default: no limit, as jobs are expected to be long.
 	ResponseTimeout caddy.Duration `json:"response_timeout,omitempty"`
 
+	// The largest response head (status line and headers) a worker may
+	// send, in bytes; a larger one fails its job with 502. Default: 10 MiB,
+	// as reverse_proxy's.
+	MaxResponseHeader int64 `json:"max_response_header,omitempty"`
+
+	// How many workers a request may be offered to, declines and replays
+	// included, before it gets 503. Default: 5.
+	MaxAttempts int `json:"max_attempts,omitempty"`
+
+	// The most handshakes (TLS included) that may be in progress at once
+	// on each of the pool's listen addresses; a connection beyond them is
+	// closed at once. Pools sharing an address must agree on it. Default:
+	// 500.
+	MaxHandshakes int `json:"max_handshakes,omitempty"`
+
 	// Lets workers from beyond this machine join without a token or a
 	// client certificate. Without it such a pool is a config error.
 	AllowUnauthenticated bool `json:"allow_unauthenticated,omitempty"`
 
 	tokens [][]byte
+	// The provisioned TLS config of the pool's listeners, and that of its
+	// connection policy, which says how client certificates are checked.
+	tlsServer *tls.Config
+	tlsPolicy *tls.Config
 }
 
 // PoolTLS configures TLS on a pool's worker listener.
@@ -118,14 +148,21 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.stopOnce = new(sync.Once)
+	// The pools exist before anything below may provision the http app,
+	// whose handlers look their pool up in this app.
 	a.pools = make(map[string]*Pool, len(a.Pools))
 	repl := caddy.NewReplacer()
-	for name, pc := range a.Pools {
+	for _, name := range sortedKeys(a.Pools) {
+		pc := a.Pools[name]
 		if err := pc.provision(name, repl); err != nil {
 			return err
 		}
 		val, _, err := pools.LoadOrNew(name, func() (caddy.Destructor, error) {
-			return newPool(name), nil
+			// A new pool has its limits at once: the http app may send
+			// it requests before this config has started.
+			p := newPool(name)
+			p.configure(pc.limits(), a.poolLogger(name))
+			return p, nil
 		})
 		if err != nil {
 			return err
@@ -137,15 +174,24 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := a.checkSiteAddresses(ctx); err != nil {
+		return err
+	}
 
-	// The http app may stop first and wait for every running handler; the
-	// requests that only wait in a queue should get their 503 at once.
 	if evApp, err := ctx.App("events"); err == nil {
 		if ev, ok := evApp.(*caddyevents.App); ok {
+			// The http app may stop first and wait for every running
+			// handler; the requests that only wait in a queue should get
+			// their 503 at once.
 			_ = ev.On("stopping", stoppingHandler{a})
+			a.onStarted = ev.On("started", startedHandler{a}) == nil
 		}
 	}
 	return nil
+}
+
+func (a *App) poolLogger(name string) *zap.Logger {
+	return a.logger.With(zap.String("pool", name))
 }
 
 // limits returns the pool limits pc sets.
@@ -154,8 +200,8 @@ func (pc *PoolConfig) limits() poolLimits {
 		maxQueue:          pc.MaxQueue,
 		queueTimeout:      time.Duration(pc.QueueTimeout),
 		respTimeout:       time.Duration(pc.ResponseTimeout),
-		maxResponseHeader: DefaultMaxResponseHeader,
-		maxAttempts:       DefaultMaxAttempts,
+		maxResponseHeader: pc.MaxResponseHeader,
+		maxAttempts:       pc.MaxAttempts,
 	}
 }
 
@@ -175,6 +221,15 @@ func (pc *PoolConfig) provision(name string, repl *caddy.Replacer) error {
 	if pc.HandshakeTimeout <= 0 {
 		pc.HandshakeTimeout = caddy.Duration(DefaultHandshakeTimeout)
 	}
+	if pc.MaxResponseHeader == 0 {
+		pc.MaxResponseHeader = DefaultMaxResponseHeader
+	}
+	if pc.MaxAttempts == 0 {
+		pc.MaxAttempts = DefaultMaxAttempts
+	}
+	if pc.MaxHandshakes == 0 {
+		pc.MaxHandshakes = DefaultMaxHandshakes
+	}
 	pc.tokens = pc.tokens[:0]
 	for _, t := range pc.Tokens {
 		t = repl.ReplaceAll(t, "")
@@ -189,8 +244,8 @@ func (pc *PoolConfig) provision(name string, repl *caddy.Replacer) error {
 // validate checks what can be checked without loading the config, so that
 // the Caddyfile adapter reports it with the line.
 func (pc *PoolConfig) validate(name string) error {
-	if name == "" || strings.ContainsAny(name, "/ \t") {
-		return fmt.Errorf("pool %q: a pool name must be non-empty and contain no slash or space", name)
+	if !validPoolName(name) {
+		return fmt.Errorf("pool %q: a pool name must be non-empty and contain only letters, digits, '-', '_' and '.', which a handshake's target carries unescaped", name)
 	}
 	if len(pc.Listen) == 0 {
 		return fmt.Errorf("pool %s: listen is required", name)
@@ -205,6 +260,15 @@ func (pc *PoolConfig) validate(name string) error {
 	}
 	if pc.MaxQueue < 0 {
 		return fmt.Errorf("pool %s: max_queue must not be negative", name)
+	}
+	if pc.MaxResponseHeader < 0 {
+		return fmt.Errorf("pool %s: max_response_header must not be negative", name)
+	}
+	if pc.MaxAttempts < 0 {
+		return fmt.Errorf("pool %s: max_attempts must not be negative", name)
+	}
+	if pc.MaxHandshakes < 0 {
+		return fmt.Errorf("pool %s: max_handshakes must not be negative", name)
 	}
 	return pc.checkSecure(name)
 }
@@ -227,15 +291,61 @@ func (pc *PoolConfig) checkSecure(name string) error {
 	return nil
 }
 
+// validPoolName reports whether name is a pool name: letters, digits, '-',
+// '_' and '.', none of which a URL path escapes.
+func validPoolName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, r := range name {
+		switch {
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9',
+			r == '-', r == '_', r == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// requiresClientCert reports whether pc's client authentication admits only
+// workers whose certificate is checked against trust the config names: a
+// mode that requires a certificate, and a CA pool (trust_pool, or the older
+// trusted_ca_cert(s) and trusted_ca_cert_file) that verifies it, or pinned
+// leaf certificates (trusted_leaf_cert, the leaf verifier). Mode `require`
+// checks no chain, so only pinned leaves make it count; with no CA pool,
+// `require_and_verify` would verify against the system's roots, which any
+// public CA's customer passes, so it does not count either. An empty
+// client_auth block turns client authentication off.
 func (pc *PoolConfig) requiresClientCert() bool {
 	if pc.TLS == nil || pc.TLS.ClientAuth == nil {
 		return false
 	}
-	switch pc.TLS.ClientAuth.Mode {
-	case "request", "verify_if_given":
-		return false
+	ca := pc.TLS.ClientAuth
+	caPool := len(ca.CARaw) > 0 || len(ca.TrustedCACerts) > 0 || len(ca.TrustedCACertPEMFiles) > 0
+	pinned := len(ca.TrustedLeafCerts) > 0 || hasLeafVerifier(ca.VerifiersRaw)
+	switch ca.Mode {
+	case "", "require_and_verify":
+		// Mode "" is require_and_verify with trust configured, else require.
+		return caPool || pinned
+	case "require":
+		return pinned
 	}
-	return true
+	return false
+}
+
+// hasLeafVerifier reports whether verifiers include Caddy's leaf verifier,
+// which refuses every certificate it was not given.
+func hasLeafVerifier(verifiers []json.RawMessage) bool {
+	for _, raw := range verifiers {
+		var v struct {
+			Verifier string `json:"verifier"`
+		}
+		if json.Unmarshal(raw, &v) == nil && v.Verifier == "leaf" {
+			return true
+		}
+	}
+	return false
 }
 
 func isLoopback(na caddy.NetworkAddress) bool {
@@ -246,12 +356,13 @@ func isLoopback(na caddy.NetworkAddress) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// Start applies each pool's limits to its live state and opens the worker
-// listeners. It does not block.
+// Start opens the worker listeners. It does not block. The config's
+// limits apply to pools it shares with the running config only once it has
+// started as a whole (see applyToPools): a config that fails to start
+// leaves the running one as it was.
 func (a *App) Start() error {
-	for name, pc := range a.Pools {
-		a.pools[name].configure(pc.limits(),
-			a.logger.With(zap.String("pool", name)))
+	if !a.onStarted {
+		a.applyToPools()
 	}
 	if tlsNames := a.tlsHostnames(); len(tlsNames) > 0 {
 		tlsApp, err := a.ctx.App("tls")
@@ -263,14 +374,59 @@ func (a *App) Start() error {
 		}
 	}
 	for i, wl := range a.listeners {
-		if err := wl.start(a.ctx); err != nil {
+		if err := wl.start(a.ctx, a.claim(wl.addr.String())); err != nil {
 			for _, started := range a.listeners[:i] {
 				started.stop()
 			}
+			a.retireInLiveConfig()
 			return err
 		}
 	}
 	return nil
+}
+
+// claim records that this config serves addr, and reports whether the
+// running config served it already: a listener it keeps across a reload.
+func (a *App) claim(addr string) (kept bool) {
+	_, kept = listening.LoadOrStore(addr, struct{}{})
+	a.claimed = append(a.claimed, addr)
+	return kept
+}
+
+// applyToPools makes this config's limits those of its pools, and closes
+// the connections it would not admit: their credential was withdrawn, or
+// their pool's protocol or TLS changed. A running job finishes first.
+func (a *App) applyToPools() {
+	for _, name := range sortedKeys(a.Pools) {
+		a.pools[name].configure(a.Pools[name].limits(), a.poolLogger(name))
+	}
+	a.retireRevoked()
+}
+
+// retireRevoked closes the connections of this config's pools that it
+// would not admit.
+func (a *App) retireRevoked() {
+	for _, name := range sortedKeys(a.Pools) {
+		pc := a.Pools[name]
+		if n := a.pools[name].retireIf(func(c *workerConn) bool { return !pc.admits(c.info.admission) }); n > 0 {
+			a.logger.Info("closing worker connections the config no longer admits",
+				zap.String("pool", name), zap.Int("connections", n))
+		}
+	}
+}
+
+// retireInLiveConfig lets the running config, if it is not this one, close
+// what this config's listeners admitted that it would not: a handshake may
+// finish on this config's listener while the running config takes over or
+// stays.
+func (a *App) retireInLiveConfig() {
+	appIface, err := caddy.ActiveContext().AppIfConfigured("reverse_http")
+	if err != nil {
+		return
+	}
+	if live, ok := appIface.(*App); ok && live != a && live.pools != nil {
+		live.retireRevoked()
+	}
 }
 
 func (a *App) tlsHostnames() map[string]struct{} {
@@ -292,6 +448,7 @@ func (a *App) Stop() error {
 	for _, wl := range a.listeners {
 		wl.stop()
 	}
+	a.retireInLiveConfig()
 	a.drainUnusedPools()
 	return nil
 }
@@ -310,6 +467,9 @@ func (a *App) drainUnusedPools() {
 // Cleanup releases this config's hold on its pools; the last one out
 // destroys a pool.
 func (a *App) Cleanup() error {
+	for _, addr := range a.claimed {
+		_, _ = listening.Delete(addr)
+	}
 	for name := range a.pools {
 		if _, err := pools.Delete(name); err != nil {
 			return err
@@ -323,7 +483,20 @@ func (a *App) Cleanup() error {
 type stoppingHandler struct{ app *App }
 
 func (h stoppingHandler) Handle(context.Context, caddy.Event) error {
+	for _, wl := range h.app.listeners {
+		wl.closeAdmission()
+	}
+	h.app.retireInLiveConfig()
 	h.app.drainUnusedPools()
+	return nil
+}
+
+// startedHandler applies the config to its pools once Caddy announces
+// that all of the config's apps have started.
+type startedHandler struct{ app *App }
+
+func (h startedHandler) Handle(context.Context, caddy.Event) error {
+	h.app.applyToPools()
 	return nil
 }
 

@@ -2,7 +2,6 @@ package reversehttp
 
 import (
 	"bufio"
-	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -11,10 +10,10 @@ import (
 	"maps"
 	"net"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/reversehttp/reverse_http/worker"
@@ -22,21 +21,31 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"go.uber.org/zap"
-	"golang.org/x/net/http/httpguts"
 )
 
 // workerListener accepts worker connections on one address. Pools that share
 // the address are told apart by the handshake's target.
 type workerListener struct {
-	addr      caddy.NetworkAddress
-	pools     map[string]*poolEntry // ptth pools by name
-	bare      *poolEntry            // the pothead pool, which owns its address
-	tlsConfig *tls.Config
-	timeout   time.Duration
-	logger    *zap.Logger
+	addr          caddy.NetworkAddress
+	listen        string                // addr as the first pool gave it
+	first         string                // the first pool that listens on addr
+	pools         map[string]*poolEntry // ptth pools by name
+	bare          *poolEntry            // the pothead pool, which owns its address
+	tlsConfig     *tls.Config
+	tlsJSON       string // the tls block of its pools, which must agree
+	timeout       time.Duration
+	maxHandshakes int
+	logger        *zap.Logger
+	// sampled logs what any peer can make the listener log.
+	sampled *logSampler
 
-	ln   net.Listener
-	done sync.WaitGroup
+	ln         net.Listener
+	done       sync.WaitGroup
+	handshakes atomic.Int64 // in progress
+	refused    atomic.Int64 // connections closed at once: too many handshakes in progress
+
+	mu     sync.Mutex
+	closed bool // admits no more connections to its pools
 }
 
 type poolEntry struct {
@@ -49,9 +58,15 @@ type poolEntry struct {
 func (a *App) planListeners(ctx caddy.Context) ([]*workerListener, error) {
 	byAddr := make(map[string]*workerListener)
 	var order []string
-	tlsOf := make(map[string]string) // address -> the tls config it uses, as JSON
 	for _, name := range sortedKeys(a.Pools) {
 		pc := a.Pools[name]
+		tlsJSON, _ := json.Marshal(pc.TLS)
+		if pc.TLS != nil {
+			var err error
+			if pc.tlsServer, pc.tlsPolicy, err = poolTLSConfig(ctx, pc.TLS); err != nil {
+				return nil, fmt.Errorf("pool %s: tls: %v", name, err)
+			}
+		}
 		for _, l := range pc.Listen {
 			na, err := caddy.ParseNetworkAddress(l)
 			if err != nil {
@@ -63,33 +78,25 @@ func (a *App) planListeners(ctx caddy.Context) ([]*workerListener, error) {
 			key := na.String()
 			wl := byAddr[key]
 			if wl == nil {
-				wl = &workerListener{addr: na, pools: make(map[string]*poolEntry), logger: a.logger}
+				if err := overlapsListener(name, l, na, byAddr); err != nil {
+					return nil, err
+				}
+				wl = &workerListener{
+					addr: na, listen: l, first: name, pools: make(map[string]*poolEntry), logger: a.logger,
+					sampled: newLogSampler(a.logger, sampleBurst, sampleInterval),
+					timeout: time.Duration(pc.HandshakeTimeout), maxHandshakes: pc.MaxHandshakes,
+					tlsConfig: pc.tlsServer, tlsJSON: string(tlsJSON),
+				}
 				byAddr[key] = wl
 				order = append(order, key)
+			} else if err := wl.canShare(name, l, pc, string(tlsJSON)); err != nil {
+				return nil, err
 			}
 			entry := &poolEntry{pool: a.pools[name], config: pc}
-			if pc.Protocol == worker.ProtocolPothead || wl.bare != nil {
-				if len(wl.pools) > 0 || wl.bare != nil {
-					return nil, fmt.Errorf("pool %s: listen %s is shared with another pool, but a pothead pool needs an address of its own", name, l)
-				}
-			}
 			if pc.Protocol == worker.ProtocolPothead {
 				wl.bare = entry
 			} else {
 				wl.pools[name] = entry
-			}
-			tlsJSON, _ := json.Marshal(pc.TLS)
-			if prev, ok := tlsOf[key]; ok && prev != string(tlsJSON) {
-				return nil, fmt.Errorf("pool %s: listen %s is shared with a pool whose tls settings differ; pools on one address need the same tls block", name, l)
-			}
-			tlsOf[key] = string(tlsJSON)
-			if t := time.Duration(pc.HandshakeTimeout); t > wl.timeout {
-				wl.timeout = t
-			}
-			if pc.TLS != nil && wl.tlsConfig == nil {
-				if wl.tlsConfig, err = poolTLSConfig(ctx, pc.TLS); err != nil {
-					return nil, fmt.Errorf("pool %s: tls: %v", name, err)
-				}
 			}
 		}
 	}
@@ -100,9 +107,34 @@ func (a *App) planListeners(ctx caddy.Context) ([]*workerListener, error) {
 	return listeners, nil
 }
 
-func poolTLSConfig(ctx caddy.Context, pt *PoolTLS) (*tls.Config, error) {
+// canShare checks that pool name, with config pc, may join wl: the
+// settings that are the listener's must agree with its first pool's.
+func (wl *workerListener) canShare(name, l string, pc *PoolConfig, tlsJSON string) error {
+	first := wl.first
+	if _, dup := wl.pools[name]; dup || (wl.bare != nil && first == name) {
+		return fmt.Errorf("pool %s: listen %s is given twice", name, l)
+	}
+	if pc.Protocol == worker.ProtocolPothead || wl.bare != nil {
+		return fmt.Errorf("pool %s: listen %s is shared with pool %s, but a pothead pool needs an address of its own", name, l, first)
+	}
+	if tlsJSON != wl.tlsJSON {
+		return fmt.Errorf("pool %s: listen %s is shared with pool %s, whose tls settings differ; pools on one address need the same tls block", name, l, first)
+	}
+	if t := time.Duration(pc.HandshakeTimeout); t != wl.timeout {
+		return fmt.Errorf("pool %s: listen %s is shared with pool %s, whose handshake_timeout differs (%v, not %v); pools on one address need the same handshake_timeout", name, l, first, wl.timeout, t)
+	}
+	if pc.MaxHandshakes != wl.maxHandshakes {
+		return fmt.Errorf("pool %s: listen %s is shared with pool %s, whose max_handshakes differs (%d, not %d); pools on one address need the same max_handshakes", name, l, first, wl.maxHandshakes, pc.MaxHandshakes)
+	}
+	return nil
+}
+
+// poolTLSConfig provisions the TLS of a pool's listeners. It returns the
+// listener's config and that of its one connection policy, which holds the
+// client authentication.
+func poolTLSConfig(ctx caddy.Context, pt *PoolTLS) (server, policy *tls.Config, err error) {
 	if len(pt.Hostnames) == 0 {
-		return nil, errors.New("hostnames is required: the names to serve certificates for")
+		return nil, nil, errors.New("hostnames is required: the names to serve certificates for")
 	}
 	cp := &caddytls.ConnectionPolicy{
 		ClientAuthentication: pt.ClientAuth,
@@ -111,12 +143,14 @@ func poolTLSConfig(ctx caddy.Context, pt *PoolTLS) (*tls.Config, error) {
 	}
 	policies := caddytls.ConnectionPolicies{cp}
 	if err := policies.Provision(ctx); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return policies.TLSConfig(ctx), nil
+	return policies.TLSConfig(ctx), cp.TLSConfig, nil
 }
 
-func (wl *workerListener) start(ctx caddy.Context) error {
+// start opens the listener. kept says that the previous config served the
+// address already, so nothing new opens as far as an operator can tell.
+func (wl *workerListener) start(ctx caddy.Context, kept bool) error {
 	lnAny, err := wl.addr.Listen(ctx, 0, net.ListenConfig{KeepAliveConfig: workerKeepAlive})
 	if err != nil {
 		return fmt.Errorf("worker listener %s: %v", wl.addr, err)
@@ -125,22 +159,44 @@ func (wl *workerListener) start(ctx caddy.Context) error {
 	if !ok {
 		return fmt.Errorf("worker listener %s: not a stream listener", wl.addr)
 	}
+	level := zap.InfoLevel
+	if kept {
+		level = zap.DebugLevel
+	}
+	if c := wl.logger.Check(level, "worker listener started"); c != nil {
+		c.Write(zap.String("address", ln.Addr().String()), zap.Strings("pools", wl.poolNames()))
+	}
+	wl.serveOn(ln)
+	return nil
+}
+
+// serveOn accepts worker connections from ln until stop.
+func (wl *workerListener) serveOn(ln net.Listener) {
 	wl.ln = ln
-	wl.logger.Info("worker listener started", zap.String("address", ln.Addr().String()), zap.Strings("pools", wl.poolNames()))
 	wl.done.Add(1)
 	go wl.serve()
-	return nil
 }
 
 // workerKeepAlive notices a worker host that vanished without a FIN.
 var workerKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3}
 
+// closeAdmission makes the listener admit no more connections to its pools:
+// a handshake that has not yet been admitted is answered 503, and the
+// worker dials again, reaching the config that replaces this one.
+func (wl *workerListener) closeAdmission() {
+	wl.mu.Lock()
+	wl.closed = true
+	wl.mu.Unlock()
+}
+
 func (wl *workerListener) stop() {
+	wl.closeAdmission()
 	if wl.ln == nil {
 		return
 	}
 	wl.ln.Close()
 	wl.done.Wait()
+	wl.sampled.stop()
 }
 
 func (wl *workerListener) poolNames() []string {
@@ -166,68 +222,84 @@ func (wl *workerListener) serve() {
 			continue
 		}
 		backoff = 0
+		if wl.handshakes.Add(1) > int64(wl.maxHandshakes) {
+			// Half-open handshakes hold a goroutine each until their
+			// timeout; past the cap a connection costs only its accept.
+			wl.handshakes.Add(-1)
+			conn.Close()
+			n := wl.refused.Add(1)
+			wl.sampled.Warn("over_capacity", "too many worker handshakes in progress; closed a connection",
+				zap.String("remote", conn.RemoteAddr().String()), zap.Int("max_handshakes", wl.maxHandshakes), zap.Int64("refused_total", n))
+			continue
+		}
 		go wl.handshake(conn)
 	}
 }
 
 // handshake admits conn to a pool, or answers why not and closes it.
 func (wl *workerListener) handshake(conn net.Conn) {
+	defer wl.handshakes.Add(-1)
 	remote := conn.RemoteAddr().String()
 	_ = conn.SetDeadline(time.Now().Add(wl.timeout))
+	adm := admission{protocol: worker.ProtocolPTTH}
 	if wl.tlsConfig != nil {
 		tc := tls.Server(conn, wl.tlsConfig)
 		if err := tc.Handshake(); err != nil {
-			wl.logger.Warn("worker TLS handshake failed", zap.String("remote", remote), zap.Error(err))
-			conn.Close()
+			wl.tlsFailed(conn, remote, err)
 			return
 		}
+		adm.tls = true
+		adm.peerCerts = tc.ConnectionState().PeerCertificates
 		conn = tc
 	}
 	if wl.bare != nil {
+		adm.protocol = worker.ProtocolPothead
 		_ = conn.SetDeadline(time.Time{})
 		// A POTHEAD worker's server answers 100 Continue before it calls
 		// the app: its 100 means what the accept feature's does.
-		wl.bare.pool.add(conn, nil, workerInfo{features: features{accept: true}})
-		wl.logger.Debug("worker connected", zap.String("pool", wl.bare.pool.name), zap.String("remote", remote))
+		if wl.admit(wl.bare, conn, nil, workerInfo{features: features{accept: true}, admission: adm}) {
+			wl.logger.Debug("worker connected", zap.String("pool", wl.bare.pool.name), zap.String("remote", remote))
+		}
 		return
 	}
 
-	// A handshake is a few hundred bytes: a small reader keeps thousands of
-	// workers dialling in at once from costing much (longer lines still
-	// parse). The pool lets it go once the handshake is done.
-	br := bufio.NewReaderSize(conn, 1024)
-	req, err := http.ReadRequest(br)
-	if err == io.EOF {
-		// Closed before a byte was sent: a worker stopping mid-dial, or a
-		// port check. Nothing to answer.
+	hs, br, rej := readHandshake(conn)
+	if rej == nil {
+		var entry *poolEntry
+		if entry, rej = admitTo(wl.pools, hs); rej == nil {
+			wl.upgrade(conn, br, remote, entry, hs, adm)
+			return
+		}
+	}
+	if rej.status == 0 {
 		wl.logger.Debug("connection closed before its handshake", zap.String("remote", remote))
 		conn.Close()
 		return
 	}
-	if err != nil {
-		wl.reject(conn, remote, "", http.StatusBadRequest, "malformed handshake: "+err.Error())
+	wl.reject(conn, remote, hs.pool, rej)
+}
+
+// tlsFailed handles a failed TLS handshake. A plaintext HTTP request, which
+// is how a worker dialling without TLS begins, is told what is wrong in
+// plaintext, as net/http's server does on an HTTPS port.
+func (wl *workerListener) tlsFailed(conn net.Conn, remote string, err error) {
+	var rhe tls.RecordHeaderError
+	if errors.As(err, &rhe) && rhe.Conn != nil {
+		wl.reject(rhe.Conn, remote, "", reject(http.StatusBadRequest,
+			"this worker listener requires TLS, but the worker sent a plaintext request: dial it with TLS"))
 		return
 	}
-	if req.ContentLength != 0 {
-		wl.reject(conn, remote, "", http.StatusBadRequest, "a handshake has no body")
-		return
-	}
-	if !httpguts.HeaderValuesContainsToken(req.Header["Upgrade"], worker.UpgradeToken) ||
-		!httpguts.HeaderValuesContainsToken(req.Header["Connection"], "upgrade") {
-		wl.reject(conn, remote, "", http.StatusBadRequest, "expected a handshake with Connection: Upgrade and Upgrade: "+worker.UpgradeToken)
-		return
-	}
-	name, err := url.PathUnescape(strings.TrimPrefix(req.URL.Path, "/"))
-	if err != nil {
-		name = req.URL.Path
-	}
-	entry := wl.pools[name]
-	if entry == nil {
-		wl.reject(conn, remote, name, http.StatusNotFound, fmt.Sprintf("no pool %q on this listener", name))
-		return
-	}
-	if status, reason := checkToken(entry.config.tokens, req.Header.Get("Authorization")); status != 0 {
-		wl.reject(conn, remote, name, status, reason)
+	wl.sampled.Warn("tls_failed", "worker TLS handshake failed", zap.String("remote", remote), zap.Error(err))
+	conn.Close()
+}
+
+// upgrade answers an admitted handshake with 101 and hands conn to its pool.
+func (wl *workerListener) upgrade(conn net.Conn, br *bufio.Reader, remote string, entry *poolEntry, hs handshakeRequest, adm admission) {
+	wl.mu.Lock()
+	closed := wl.closed
+	wl.mu.Unlock()
+	if closed {
+		wl.reject(conn, remote, hs.pool, reject(http.StatusServiceUnavailable, "the hub is reloading its configuration; dial again"))
 		return
 	}
 	resp := &http.Response{
@@ -235,10 +307,8 @@ func (wl *workerListener) handshake(conn net.Conn) {
 		ProtoMajor: 1, ProtoMinor: 1,
 		Header: http.Header{"Connection": {"Upgrade"}, "Upgrade": {worker.UpgradeToken}},
 	}
-	var feats features
-	if httpguts.HeaderValuesContainsToken(req.Header[worker.FeaturesHeader], worker.FeatureAccept) {
-		feats.accept = true
-		resp.Header.Set(worker.FeaturesHeader, worker.FeatureAccept)
+	if f := hs.features.header(); f != "" {
+		resp.Header.Set(worker.FeaturesHeader, f)
 	}
 	if err := resp.Write(conn); err != nil {
 		wl.logger.Debug("worker left during handshake", zap.String("remote", remote), zap.Error(err))
@@ -246,47 +316,58 @@ func (wl *workerListener) handshake(conn net.Conn) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	workerName := req.Header.Get(worker.WorkerHeader)
-	entry.pool.add(conn, br, workerInfo{name: workerName, features: feats})
-	wl.logger.Debug("worker connected", zap.String("pool", name), zap.String("remote", remote), zap.String("worker", workerName))
+	if tok := bearerToken(hs.authz); tok != "" {
+		adm.token = []byte(tok)
+	}
+	if wl.admit(entry, conn, br, workerInfo{name: hs.worker, features: hs.features, admission: adm}) {
+		wl.logger.Debug("worker connected", zap.String("pool", hs.pool), zap.String("remote", remote), zap.String("worker", hs.worker))
+	}
 }
 
-// checkToken returns 0 when the Authorization header admits the worker, or
-// the status and reason to reject it with.
-func checkToken(tokens [][]byte, authz string) (int, string) {
-	if len(tokens) == 0 {
-		return 0, ""
+// admit hands conn to entry's pool unless the listener has closed its
+// admission, in which case conn is closed; it reports which.
+func (wl *workerListener) admit(entry *poolEntry, conn net.Conn, br *bufio.Reader, info workerInfo) bool {
+	wl.mu.Lock()
+	defer wl.mu.Unlock()
+	if wl.closed {
+		conn.Close()
+		return false
 	}
-	scheme, given, ok := strings.Cut(authz, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || given == "" {
-		return http.StatusUnauthorized, "a bearer token is required"
-	}
-	match := 0
-	for _, t := range tokens {
-		match |= subtle.ConstantTimeCompare(t, []byte(given))
-	}
-	if match == 0 {
-		return http.StatusForbidden, "the token is not valid for this pool"
-	}
-	return 0, ""
+	entry.pool.add(conn, br, info)
+	return true
 }
 
-func (wl *workerListener) reject(conn net.Conn, remote, pool string, status int, reason string) {
-	wl.logger.Warn("worker handshake rejected",
-		zap.String("remote", remote), zap.String("pool", pool), zap.Int("status", status), zap.String("reason", reason))
+// rejectLinger is how long a rejected connection stays open for its peer
+// to read the answer: closing a socket with unread input resets it, and
+// the reset can destroy the answer before the peer has read it.
+const rejectLinger = 500 * time.Millisecond
+
+// reject answers a handshake with rej and closes the connection.
+func (wl *workerListener) reject(conn net.Conn, remote, pool string, rej *rejection) {
+	wl.sampled.Warn("rejected", "worker handshake rejected",
+		zap.String("remote", remote), zap.String("pool", pool), zap.Int("status", rej.status), zap.String("reason", rej.reason))
 	resp := &http.Response{
-		StatusCode:    status,
+		StatusCode:    rej.status,
 		ProtoMajor:    1,
 		ProtoMinor:    1,
 		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
-		Body:          io.NopCloser(strings.NewReader(reason + "\n")),
-		ContentLength: int64(len(reason) + 1),
+		Body:          io.NopCloser(strings.NewReader(rej.reason + "\n")),
+		ContentLength: int64(len(rej.reason) + 1),
 		Close:         true,
 	}
-	if status == http.StatusUnauthorized {
+	if rej.status == http.StatusUnauthorized {
 		resp.Header.Set("WWW-Authenticate", `Bearer realm="reverse_http"`)
 	}
-	_ = resp.Write(conn)
+	if resp.Write(conn) == nil {
+		// Shut the write side, then discard what the peer still sends
+		// until it closes, or for rejectLinger: never buffered, bounded
+		// in time.
+		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(rejectLinger))
+		_, _ = io.Copy(io.Discard, conn)
+	}
 	conn.Close()
 }
 
