@@ -45,6 +45,11 @@ type poolLimits struct {
 	respTimeout       time.Duration // the longest a worker may take to begin its response; 0: none
 	maxResponseHeader int64         // the largest response head a worker may send
 	maxAttempts       int           // workers a request may be offered to, declines and replays included
+	// admits says whether the config in force would let a connection in
+	// with these credentials: add refuses what it would not, so that a
+	// handshake that passed an older config's listener during a reload
+	// cannot keep a credential the new one withdrew. Nil admits all.
+	admits func(admission) bool
 }
 
 func newPool(name string) *Pool {
@@ -256,6 +261,14 @@ func (p *Pool) add(conn net.Conn, br *bufio.Reader, info workerInfo) {
 	if p.draining {
 		p.mu.Unlock()
 		conn.Close()
+		return
+	}
+	if admits := p.limits.admits; admits != nil && !admits(info.admission) {
+		logger := p.logger
+		p.mu.Unlock()
+		conn.Close()
+		logger.Info("worker admitted under the previous config refused: the config in force does not admit its credentials",
+			zap.String("remote", conn.RemoteAddr().String()), zap.String("worker", info.name))
 		return
 	}
 	p.conns[c] = struct{}{}

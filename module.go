@@ -202,6 +202,7 @@ func (pc *PoolConfig) limits() poolLimits {
 		respTimeout:       time.Duration(pc.ResponseTimeout),
 		maxResponseHeader: pc.MaxResponseHeader,
 		maxAttempts:       pc.MaxAttempts,
+		admits:            pc.admits,
 	}
 }
 
@@ -378,7 +379,6 @@ func (a *App) Start() error {
 			for _, started := range a.listeners[:i] {
 				started.stop()
 			}
-			a.retireInLiveConfig()
 			return err
 		}
 	}
@@ -415,20 +415,6 @@ func (a *App) retireRevoked() {
 	}
 }
 
-// retireInLiveConfig lets the running config, if it is not this one, close
-// what this config's listeners admitted that it would not: a handshake may
-// finish on this config's listener while the running config takes over or
-// stays.
-func (a *App) retireInLiveConfig() {
-	appIface, err := caddy.ActiveContext().AppIfConfigured("reverse_http")
-	if err != nil {
-		return
-	}
-	if live, ok := appIface.(*App); ok && live != a && live.pools != nil {
-		live.retireRevoked()
-	}
-}
-
 func (a *App) tlsHostnames() map[string]struct{} {
 	names := make(map[string]struct{})
 	for _, pc := range a.Pools {
@@ -448,7 +434,6 @@ func (a *App) Stop() error {
 	for _, wl := range a.listeners {
 		wl.stop()
 	}
-	a.retireInLiveConfig()
 	a.drainUnusedPools()
 	return nil
 }
@@ -486,7 +471,6 @@ func (h stoppingHandler) Handle(context.Context, caddy.Event) error {
 	for _, wl := range h.app.listeners {
 		wl.closeAdmission()
 	}
-	h.app.retireInLiveConfig()
 	h.app.drainUnusedPools()
 	return nil
 }
