@@ -394,3 +394,43 @@ func TestPoolBytesBeyondResponseGoNowhere(t *testing.T) {
 	serveCanned(workerSide(t, p))
 	<-second
 }
+
+// TestPoolRefusesWhatTheConfigInForceDoesNot adds connections whose
+// handshake passed a listener of an older config: one whose token the
+// config in force no longer holds is closed, not pooled.
+func TestPoolRefusesWhatTheConfigInForceDoesNot(t *testing.T) {
+	p := newPool("test")
+	p.configure(poolLimits{queueTimeout: time.Minute, maxResponseHeader: DefaultMaxResponseHeader, maxAttempts: DefaultMaxAttempts,
+		admits: func(a admission) bool { return string(a.token) == "new" }}, zap.NewNop())
+	for _, tc := range []struct {
+		token string
+		kept  bool
+	}{{"old", false}, {"new", true}} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { w.Close(); h.Close() })
+		p.add(h, bufio.NewReader(h), workerInfo{name: tc.token, admission: admission{token: []byte(tc.token)}})
+		if tc.kept {
+			if s := p.Stats(); s.Idle != 1 {
+				t.Fatalf("token %q: %+v, want the connection idle", tc.token, s)
+			}
+			continue
+		}
+		w.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := w.Read(make([]byte, 1)); err == nil || p.Stats().Idle != 0 {
+			t.Fatalf("token %q: the connection was kept (%+v)", tc.token, p.Stats())
+		}
+	}
+	p.drain()
+}
