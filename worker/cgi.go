@@ -141,6 +141,11 @@ func scriptRunnable(path string) error {
 func (c *CGI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := scriptRunnable(c.path); err != nil {
 		c.health.Fail(err)
+		if accepted(r) { // by the Worker: c is wrapped in another Handler
+			c.log.Warn("cgi script cannot be run", "script", c.path, "method", r.Method, "uri", r.RequestURI, "err", err)
+			http.Error(w, "cgi script cannot be run", http.StatusBadGateway)
+			return
+		}
 		c.log.Warn("cgi script cannot be run: declining the job", "script", c.path, "method", r.Method, "uri", r.RequestURI, "err", err)
 		Decline(w)
 		return

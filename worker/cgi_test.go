@@ -232,6 +232,28 @@ func TestCGICannotRun(t *testing.T) {
 	}
 }
 
+// TestCGIWrappedCannotRun: a CGI inside another Handler has its jobs
+// accepted by the Worker before it runs, so it must not decline them.
+func TestCGIWrappedCannotRun(t *testing.T) {
+	script := cgiScript(t, "#!/bin/sh\n")
+	c, err := NewCGI(CGIConfig{Script: script, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(script, 0o644)
+	hub := newAcceptHub(t)
+	startWorker(t, hub, Config{Handler: http.StripPrefix("/x", c)})
+	s := hub.next(t)
+	postExpect(s, "/x/job")
+	if resp, _ := s.read(t, nil); resp.StatusCode != http.StatusContinue {
+		t.Fatalf("got %d, want the Worker's 100", resp.StatusCode)
+	}
+	io.WriteString(s.c, "hello")
+	if resp, _ := s.read(t, nil); resp.StatusCode != http.StatusBadGateway || resp.Header.Get(DeclinedHeader) != "" {
+		t.Fatalf("got %d %v, want 502 and no decline", resp.StatusCode, resp.Header)
+	}
+}
+
 func TestNewCGIErrors(t *testing.T) {
 	notExec := cgiScript(t, "#!/bin/sh\n")
 	os.Chmod(notExec, 0o644)

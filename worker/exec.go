@@ -137,6 +137,11 @@ func (e *Exec) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	j := &execJob{e: e, w: w, r: r, ctx: ctx, cancel: cancel, start: time.Now()}
 	if err := j.startCommand(env); err != nil {
 		e.health.Fail(err)
+		if accepted(r) { // by the Worker: e is wrapped in another Handler
+			e.log.Warn("command cannot be started", "command", e.path, "method", r.Method, "uri", r.RequestURI, "err", err)
+			http.Error(w, "command cannot be started", http.StatusBadGateway)
+			return
+		}
 		e.log.Warn("command cannot be started: declining the job", "command", e.path, "method", r.Method, "uri", r.RequestURI, "err", err)
 		Decline(w)
 		return

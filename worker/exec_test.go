@@ -524,6 +524,29 @@ func TestExecCannotStart(t *testing.T) {
 	}
 }
 
+// TestExecWrappedCannotStart: an Exec inside another Handler has its jobs
+// accepted by the Worker before it runs, so it must not decline them.
+func TestExecWrappedCannotStart(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "job.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755)
+	e, err := NewExec(ExecConfig{Command: []string{script}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(script, 0o644)
+	hub := newAcceptHub(t)
+	startWorker(t, hub, Config{Handler: http.StripPrefix("/x", e)})
+	s := hub.next(t)
+	postExpect(s, "/x/job")
+	if resp, _ := s.read(t, nil); resp.StatusCode != http.StatusContinue {
+		t.Fatalf("got %d, want the Worker's 100", resp.StatusCode)
+	}
+	io.WriteString(s.c, "hello")
+	if resp, _ := s.read(t, nil); resp.StatusCode != http.StatusBadGateway || resp.Header.Get(DeclinedHeader) != "" {
+		t.Fatalf("got %d %v, want 502 and no decline", resp.StatusCode, resp.Header)
+	}
+}
+
 func TestNewExecErrors(t *testing.T) {
 	for _, tc := range []struct {
 		cfg ExecConfig

@@ -178,7 +178,9 @@ func (j *execJob) drainStderr() {
 }
 
 // wait reaps the command and then kills its group, so that what the
-// command left running does not outlive the job.
+// command left running does not outlive the job. (The group's id cannot
+// be given to a new process while any member lives, so the signal reaches
+// the job's leftovers or nobody.)
 func (j *execJob) wait() {
 	j.waitErr = j.cmd.Wait()
 	j.groupMu.Lock()
