@@ -140,7 +140,7 @@ func TestCGICancel(t *testing.T) {
 // killed at its next write and the response cut off; one that has not
 // gets 504.
 func TestCGITimeout(t *testing.T) {
-	s, logs, _ := cgiHub(t, CGIConfig{Script: cgiScript(t, ticker), Timeout: 300 * time.Millisecond})
+	s, logs, _ := cgiHub(t, CGIConfig{Script: cgiScript(t, ticker), Timeout: time.Second})
 	resp, pid := readPid(t, s)
 	if _, err := io.ReadAll(resp.Body); err == nil {
 		t.Fatal("the response ended cleanly after the timeout")
