@@ -42,8 +42,11 @@ type ExecConfig struct {
 // Exec is a Handler that runs a command for each job: the request body is
 // its stdin, its stdout is the response body (status 200, flushed as it
 // comes), and the request's method, target and headers are CGI-style
-// variables in its environment (see the README for the list). Create it
-// with NewExec.
+// variables in its environment: REQUEST_METHOD, REQUEST_URI, PATH_INFO,
+// QUERY_STRING, SERVER_PROTOCOL, HTTP_HOST, CONTENT_TYPE, CONTENT_LENGTH
+// and HTTP_* for the other header fields, leaving out those whose names
+// could pass for others' (see the README for the rules), besides PATH and
+// the InheritEnv variables. Create it with NewExec.
 //
 // The command runs as the leader of a process group of its own. The whole
 // group is killed (SIGKILL) when the hub closes the connection (its
