@@ -35,6 +35,7 @@ type options struct {
 	ca, cert, key, serverName                  string
 	drainTimeout                               time.Duration
 	logLevel                                   slog.Level
+	jobs                                       jobFlags
 }
 
 // errUsage marks errors for which usage has already been reported.
@@ -47,7 +48,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.hub, "hub", "", "`HOST:PORT` of the hub's worker listener (required)")
 	fs.StringVar(&o.pool, "pool", "", "`NAME` of the pool to join (required with --protocol ptth)")
-	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080 (required)")
+	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080 (or --exec, or --cgi)")
+	o.jobs.register(fs)
 	fs.IntVar(&o.slots, "slots", 1, "`N` connections to hold, i.e. jobs run at once")
 	fs.StringVar(&o.token, "token", "", "bearer `TOKEN` for the handshake (default $REVERSE_HTTP_TOKEN)")
 	fs.StringVar(&o.name, "name", "", "worker `NAME` sent to the hub (default the host name)")
@@ -61,9 +63,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "`LEVEL` of logging: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: %s --hub HOST:PORT --pool NAME --upstream URL [flags]
+       %s --hub HOST:PORT --pool NAME --exec 'COMMAND ARGS' [flags]
+       %s --hub HOST:PORT --pool NAME --cgi SCRIPT [flags]
 
 %s dials in to a reverse HTTP hub, holds --slots connections to it,
-and forwards every job (HTTP request) the hub sends on them to --upstream.
+and forwards every job (HTTP request) the hub sends on them to --upstream,
+or runs --exec's command or --cgi's script for it in a process of its own.
 On SIGTERM or SIGINT it stops taking jobs, lets running ones finish for up
 to --drain-timeout, and exits 0. It exits 1, with the reason and a hint,
 when its first connection shows a mistake that retrying cannot heal (a
@@ -74,7 +79,7 @@ to the upstream succeeds again. Flags take one
 or two dashes; $REVERSE_HTTP_TOKEN is used when --token is not given.
 
 Flags:
-`, progName, progName)
+`, progName, progName, progName, progName)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -94,8 +99,6 @@ Flags:
 	switch {
 	case o.hub == "":
 		return fail("--hub is required")
-	case o.upstream == "":
-		return fail("--upstream is required")
 	case o.protocol != worker.ProtocolPTTH && o.protocol != worker.ProtocolPothead:
 		return fail("--protocol must be %s or %s, not %q", worker.ProtocolPTTH, worker.ProtocolPothead, o.protocol)
 	case o.protocol == worker.ProtocolPTTH && o.pool == "":
@@ -109,11 +112,13 @@ Flags:
 	case !o.useTLS && (o.ca != "" || o.cert != "" || o.serverName != ""):
 		return fail("--ca, --cert, --key and --server-name need --tls")
 	}
+	if msg := o.jobs.check(o.upstream); msg != "" {
+		return fail("%s", msg)
+	}
 	if _, _, err := net.SplitHostPort(o.hub); err != nil {
 		return fail("--hub %q: want HOST:PORT", o.hub)
 	}
-	u, err := url.Parse(o.upstream)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if u, err := url.Parse(o.upstream); o.upstream != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
 		return fail("--upstream %q: want an http:// or https:// URL", o.upstream)
 	}
 	return &o, nil
@@ -165,9 +170,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
-	upstream, _ := url.Parse(o.upstream) // checked by parseFlags
-
-	fwd := worker.NewForwarder(upstream, logger)
+	jobs, err := o.runner(logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		return 2
+	}
 	cfg := worker.Config{
 		Hub:          o.hub,
 		Pool:         o.pool,
@@ -177,7 +184,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		Protocol:     o.protocol,
 		TLS:          tlsCfg,
 		DrainTimeout: o.drainTimeout,
-		Handler:      fwd,
+		Handler:      jobs.handler,
 		Logger:       logger,
 	}
 	w, err := worker.New(cfg)
@@ -188,12 +195,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	logger.Info("starting", "hub", o.hub, "pool", o.pool, "slots", o.slots, "upstream", o.upstream,
-		"protocol", o.protocol, "tls", o.useTLS)
+	logger.Info("starting", append([]any{"hub", o.hub, "pool", o.pool, "slots", o.slots},
+		append(jobs.attrs, "protocol", o.protocol, "tls", o.useTLS)...)...)
 	logged := make(chan struct{})
 	go func() {
 		defer close(logged)
-		logHealth(ctx, fwd.Health(), o.upstream, logger)
+		logHealth(ctx, jobs, logger)
 	}()
 	err = w.Run(ctx)
 	stop()
@@ -208,8 +215,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	return 0
 }
 
-// logHealth logs every change of the upstream's health until ctx ends.
-func logHealth(ctx context.Context, h *worker.Health, upstream string, logger *slog.Logger) {
+// logHealth logs every change of the jobs' health until ctx ends.
+func logHealth(ctx context.Context, j *jobRunner, logger *slog.Logger) {
+	h := j.health
 	var since time.Time
 	for {
 		changed := h.Changed()
@@ -220,9 +228,9 @@ func logHealth(ctx context.Context, h *worker.Health, upstream string, logger *s
 		}
 		if err := h.Err(); err != nil && since.IsZero() {
 			since = time.Now()
-			logger.Warn("upstream unreachable: not taking jobs", "upstream", upstream, "err", err)
+			logger.Warn(j.down, append(j.attrs, "err", err)...)
 		} else if err == nil && !since.IsZero() {
-			logger.Info("upstream back", "upstream", upstream, "down_for", time.Since(since).Round(time.Millisecond))
+			logger.Info(j.back, append(j.attrs, "down_for", time.Since(since).Round(time.Millisecond))...)
 			since = time.Time{}
 		}
 	}
