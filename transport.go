@@ -185,6 +185,12 @@ func (a *attempt) awaitHead() (*http.Response, error) {
 			}
 			return nil, a.fail(fmt.Errorf("reading worker response: %w", err))
 		}
+		if resp.StatusCode < 100 {
+			// net/http reads any three digits; a status below 100 is no
+			// HTTP status, and relaying it would crash the response writer.
+			resp.Body.Close()
+			return nil, a.fail(fmt.Errorf("reading worker response: invalid status %03d", resp.StatusCode))
+		}
 		if resp.StatusCode >= 200 {
 			return a.final(resp)
 		}
