@@ -238,7 +238,11 @@ func (wl *workerListener) handshake(conn net.Conn) {
 	var feats features
 	if httpguts.HeaderValuesContainsToken(req.Header[worker.FeaturesHeader], worker.FeatureAccept) {
 		feats.accept = true
-		resp.Header.Set(worker.FeaturesHeader, worker.FeatureAccept)
+		resp.Header.Add(worker.FeaturesHeader, worker.FeatureAccept)
+	}
+	if httpguts.HeaderValuesContainsToken(req.Header[worker.FeaturesHeader], worker.FeatureReady) {
+		feats.ready = true
+		resp.Header.Add(worker.FeaturesHeader, worker.FeatureReady)
 	}
 	if err := resp.Write(conn); err != nil {
 		wl.logger.Debug("worker left during handshake", zap.String("remote", remote), zap.Error(err))
