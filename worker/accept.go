@@ -64,13 +64,17 @@ type job struct {
 	once     sync.Once
 	accepted atomic.Bool
 	worker   *Worker
-	auto     bool // the Worker accepts it before it calls the Handler
+	hc       *hubConn // the connection it came on
+	auto     bool     // the Worker accepts it before it calls the Handler
 	freeOnce sync.Once
 }
 
-// free gives the job's slot back: when its handler returns, or when it
-// declines the job.
-func (j *job) free() { j.freeOnce.Do(j.worker.offers.done) }
+// free gives the job's slot back at once: its handler declined it.
+func (j *job) free() { j.freeOnce.Do(func() { j.worker.offers.done(j.hc.ep) }) }
+
+// finish gives the job's slot back once its response is out: its handler
+// has returned.
+func (j *job) finish() { j.freeOnce.Do(j.hc.jobDone) }
 
 // jobs maps the ResponseWriter of every job to its *job while its handler
 // runs, so that Decline, which is given only the writer, can free the
@@ -107,11 +111,11 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 		w.declineFull(rw, r)
 		return
 	}
-	j := &job{w: rw, worker: w}
+	j := &job{w: rw, worker: w, hc: hc}
 	jobs.Store(rw, j)
 	defer func() {
 		jobs.Delete(rw)
-		j.free()
+		j.finish()
 	}()
 	if !hc.accept || !expectsContinue(r) {
 		w.cfg.Handler.ServeHTTP(rw, r)

@@ -16,8 +16,11 @@ import (
 // would be taken by each hub that has a request waiting: all but one
 // would be declined, and under load that is most jobs. Offered to one hub
 // only, it would idle while that hub has nothing to do and another hub has
-// a queue. So each free slot is offered to one hub address at a time, the
-// next one in turn; a hub that has not taken it within a few milliseconds
+// a queue. So each free slot is offered to one hub address at a time:
+// every other time to the hub whose job has just freed it (a hub that
+// keeps its workers busy most likely has more), otherwise to the next one
+// in turn (so that every hub gets offers even when all have queues); a
+// hub that has not taken it within a few milliseconds
 // (offerMoveMin, or twice the round trip to that hub, whichever is more)
 // evidently has no request waiting, and the offer moves to the next hub;
 // once it has been to every hub unused, every hub is quiet, and it stays
@@ -45,7 +48,8 @@ type offer struct {
 
 // offers keeps the books of a worker's slots and offers.
 type offers struct {
-	w *Worker
+	w       *Worker
+	moveMin time.Duration // offerMoveMin when the worker started
 
 	mu       sync.Mutex
 	slots    int
@@ -55,13 +59,20 @@ type offers struct {
 	fresh    bool // no job has taken a slot since that verdict
 	eps      []*endpoint
 	next     int // the hub address the next new offer goes to first
+	// prefer is where the job that freed the last slot came from: every
+	// other new offer goes there first (affinity toggles), since a hub
+	// that just used a slot most likely has more work; the others go in
+	// turn, so that a hub whose jobs ended long ago (or that has just come
+	// back) still gets offers when every hub has a queue.
+	prefer   *endpoint
+	affinity bool
 	out      []*offer
 	timer    *time.Timer
 	freed    chan struct{} // closed and replaced when a slot is freed
 }
 
 func newOffers(w *Worker, slots int, gated bool) *offers {
-	return &offers{w: w, slots: slots, gated: gated, freed: make(chan struct{})}
+	return &offers{w: w, moveMin: offerMoveMin, slots: slots, gated: gated, freed: make(chan struct{})}
 }
 
 // allowanceLocked is how many slots may be offered now.
@@ -97,8 +108,8 @@ func (o *offers) arrive(c *hubConn) int32 {
 	return res
 }
 
-// done frees the slot of a job that has ended.
-func (o *offers) done() {
+// done frees the slot of a job from ep that was declined.
+func (o *offers) done(ep *endpoint) {
 	o.mu.Lock()
 	o.freeLocked()
 	flush := o.rebalanceLocked(time.Now())
@@ -113,9 +124,14 @@ func (o *offers) freeLocked() {
 }
 
 // idle takes c, which carries no job, into the books: a connection with
-// FeatureReady may now be offered.
-func (o *offers) idle(c *hubConn) {
+// FeatureReady may now be offered. freed says that the job that has just
+// ended on c gives its slot back.
+func (o *offers) idle(c *hubConn, freed bool) {
 	o.mu.Lock()
+	if freed {
+		o.freeLocked()
+		o.prefer = c.ep
+	}
 	c.want.Store(uint32(FrameNotReady))
 	if c.ready && !c.listed && slices.Contains(o.eps, c.ep) {
 		c.ep.idle = append(c.ep.idle, c)
@@ -127,11 +143,11 @@ func (o *offers) idle(c *hubConn) {
 }
 
 // gone takes closed c out of the books, with the slot of a job that
-// arrived on it and never ran.
-func (o *offers) gone(c *hubConn) {
+// arrived on it and never ran, or (freed) one that has ended.
+func (o *offers) gone(c *hubConn, freed bool) {
 	o.mu.Lock()
 	o.unlistLocked(c)
-	if c.slot.Swap(slotNone) == slotTaken {
+	if c.slot.Swap(slotNone) == slotTaken || freed {
 		o.freeLocked()
 	}
 	flush := o.rebalanceLocked(time.Now())
@@ -144,6 +160,13 @@ func (o *offers) addEndpoint(ep *endpoint) {
 	o.eps = append(o.eps, ep)
 	if len(o.eps) == 1 {
 		o.next = 0
+	}
+	// An offer parked while there was one address, or before the new
+	// one, has not been round them all: place it again.
+	for _, of := range o.out {
+		if of.parked {
+			of.parked = false
+		}
 	}
 	flush := o.rebalanceLocked(time.Now())
 	o.mu.Unlock()
@@ -285,15 +308,26 @@ func spare(ep *endpoint, excl map[*endpoint]int, parked int) int {
 	return len(ep.idle) - excl[ep] - parked
 }
 
-// placeLocked offers of to the next hub address in turn that has an idle
-// connection to spare, and returns 1 if it parked it instead (with one
-// hub address there is nowhere to move to). An offer no address can take
-// waits until a connection becomes idle.
+// placeLocked offers of to the hub address that freed the slot (every
+// other time) or to the next one in turn that has an idle connection to
+// spare, and returns 1 if it parked it instead (with one hub address
+// there is nowhere to move to). An offer no address can take waits until
+// a connection becomes idle.
 func (o *offers) placeLocked(of *offer, now time.Time, excl map[*endpoint]int, parked int) int {
 	n := len(o.eps)
 	if n == 1 {
 		of.parked = true
 		return 1
+	}
+	prefer := o.prefer
+	o.prefer = nil
+	if prefer != nil {
+		o.affinity = !o.affinity
+		if o.affinity && slices.Contains(o.eps, prefer) && spare(prefer, excl, parked) > 0 {
+			of.at, of.since, of.visits = prefer, now, 1
+			excl[prefer]++
+			return 0
+		}
 	}
 	for i := range n {
 		ep := o.eps[(o.next+i)%n]
@@ -339,8 +373,8 @@ func (o *offers) applyLocked(excl map[*endpoint]int, parked int) []*hubConn {
 }
 
 // moveAfter is how long an offer stays with ep unused.
-func moveAfter(ep *endpoint) time.Duration {
-	return max(offerMoveMin, 2*time.Duration(ep.rtt.Load()))
+func (o *offers) moveAfter(ep *endpoint) time.Duration {
+	return max(o.moveMin, 2*time.Duration(ep.rtt.Load()))
 }
 
 // armLocked sets the timer for the next offer due to move.
@@ -350,7 +384,7 @@ func (o *offers) armLocked(now time.Time) {
 		if of.at == nil {
 			continue
 		}
-		if due := of.since.Add(moveAfter(of.at)); next.IsZero() || due.Before(next) {
+		if due := of.since.Add(o.moveAfter(of.at)); next.IsZero() || due.Before(next) {
 			next = due
 		}
 	}
@@ -373,7 +407,7 @@ func (o *offers) tick() {
 	now := time.Now()
 	excl, parked := o.coverLocked()
 	for _, of := range o.out {
-		if of.at == nil || now.Before(of.since.Add(moveAfter(of.at))) {
+		if of.at == nil || now.Before(of.since.Add(o.moveAfter(of.at))) {
 			continue
 		}
 		from := of.at

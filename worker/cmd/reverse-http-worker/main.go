@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,12 +30,14 @@ func main() {
 
 // options are the parsed command line.
 type options struct {
-	hub, pool, upstream, token, name, protocol string
-	slots                                      int
-	useTLS                                     bool
-	ca, cert, key, serverName                  string
-	drainTimeout                               time.Duration
-	logLevel                                   slog.Level
+	hubs                                  []string
+	pool, upstream, token, name, protocol string
+	slots                                 int
+	useTLS                                bool
+	ca, cert, key, serverName             string
+	drainTimeout, resolveInterval         time.Duration
+	logLevel                              slog.Level
+	gates                                 gateOptions
 }
 
 // errUsage marks errors for which usage has already been reported.
@@ -45,10 +48,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	var o options
 	fs := flag.NewFlagSet(progName, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.hub, "hub", "", "`HOST:PORT` of the hub's worker listener (required)")
+	fs.Func("hub", "`HOST:PORT` of a hub's worker listener (required; may repeat, and a name that resolves to several addresses counts each)", func(s string) error {
+		o.hubs = append(o.hubs, s)
+		return nil
+	})
+	fs.DurationVar(&o.resolveInterval, "resolve-interval", worker.DefaultResolveInterval, "how often hub host names are resolved again")
 	fs.StringVar(&o.pool, "pool", "", "`NAME` of the pool to join (required with --protocol ptth)")
 	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080 (required)")
-	fs.IntVar(&o.slots, "slots", 1, "`N` connections to hold, i.e. jobs run at once")
+	fs.IntVar(&o.slots, "slots", 1, "`N` jobs run at once, across all hubs (it holds N connections to each hub address)")
+	o.gates.addFlags(fs)
 	fs.StringVar(&o.token, "token", "", "bearer `TOKEN` for the handshake (default $REVERSE_HTTP_TOKEN)")
 	fs.StringVar(&o.name, "name", "", "worker `NAME` sent to the hub (default the host name)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", worker.DefaultDrainTimeout, "how long running jobs may take to finish on SIGTERM/SIGINT")
@@ -62,8 +70,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: %s --hub HOST:PORT --pool NAME --upstream URL [flags]
 
-%s dials in to a reverse HTTP hub, holds --slots connections to it,
-and forwards every job (HTTP request) the hub sends on them to --upstream.
+%s dials in to one or more reverse HTTP hubs, holds --slots
+connections to each, and forwards the jobs (HTTP requests) the hubs send
+on them to --upstream, --slots at a time across all hubs, and only while
+the gates (--max-cpu, --min-free-memory, --gate-url) allow one more.
 On SIGTERM or SIGINT it stops taking jobs, lets running ones finish for up
 to --drain-timeout, and exits 0. It exits 1, with the reason and a hint,
 when its first connection shows a mistake that retrying cannot heal (a
@@ -92,7 +102,7 @@ Flags:
 		o.token = os.Getenv("REVERSE_HTTP_TOKEN")
 	}
 	switch {
-	case o.hub == "":
+	case len(o.hubs) == 0:
 		return fail("--hub is required")
 	case o.upstream == "":
 		return fail("--upstream is required")
@@ -104,13 +114,20 @@ Flags:
 		return fail("--slots must be at least 1")
 	case o.drainTimeout <= 0:
 		return fail("--drain-timeout must be positive")
+	case o.resolveInterval <= 0:
+		return fail("--resolve-interval must be positive")
 	case (o.cert == "") != (o.key == ""):
 		return fail("--cert and --key go together")
 	case !o.useTLS && (o.ca != "" || o.cert != "" || o.serverName != ""):
 		return fail("--ca, --cert, --key and --server-name need --tls")
 	}
-	if _, _, err := net.SplitHostPort(o.hub); err != nil {
-		return fail("--hub %q: want HOST:PORT", o.hub)
+	for _, h := range o.hubs {
+		if host, _, err := net.SplitHostPort(h); err != nil || host == "" {
+			return fail("--hub %q: want HOST:PORT", h)
+		}
+	}
+	if msg := o.gates.check(); msg != "" {
+		return fail("%s", msg)
 	}
 	u, err := url.Parse(o.upstream)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -124,11 +141,9 @@ func (o *options) tlsConfig() (*tls.Config, error) {
 	if !o.useTLS {
 		return nil, nil
 	}
+	// Without --server-name each hub's certificate is checked against the
+	// host of its --hub.
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.serverName}
-	if cfg.ServerName == "" {
-		host, _, _ := net.SplitHostPort(o.hub)
-		cfg.ServerName = host
-	}
 	if o.ca != "" {
 		pem, err := os.ReadFile(o.ca)
 		if err != nil {
@@ -167,18 +182,26 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	upstream, _ := url.Parse(o.upstream) // checked by parseFlags
 
+	gate, err := o.gates.gate()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		return 2
+	}
 	fwd := worker.NewForwarder(upstream, logger)
 	cfg := worker.Config{
-		Hub:          o.hub,
-		Pool:         o.pool,
-		Token:        o.token,
-		Name:         o.name,
-		Slots:        o.slots,
-		Protocol:     o.protocol,
-		TLS:          tlsCfg,
-		DrainTimeout: o.drainTimeout,
-		Handler:      fwd,
-		Logger:       logger,
+		Hubs:            o.hubs,
+		ResolveInterval: o.resolveInterval,
+		Gate:            gate,
+		GateInterval:    o.gates.interval,
+		Pool:            o.pool,
+		Token:           o.token,
+		Name:            o.name,
+		Slots:           o.slots,
+		Protocol:        o.protocol,
+		TLS:             tlsCfg,
+		DrainTimeout:    o.drainTimeout,
+		Handler:         fwd,
+		Logger:          logger,
 	}
 	w, err := worker.New(cfg)
 	if err != nil {
@@ -188,8 +211,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	logger.Info("starting", "hub", o.hub, "pool", o.pool, "slots", o.slots, "upstream", o.upstream,
-		"protocol", o.protocol, "tls", o.useTLS)
+	logger.Info("starting", "hub", strings.Join(o.hubs, ","), "pool", o.pool, "slots", o.slots, "upstream", o.upstream,
+		"protocol", o.protocol, "tls", o.useTLS, "gates", o.gates.String())
 	logged := make(chan struct{})
 	go func() {
 		defer close(logged)
