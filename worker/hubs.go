@@ -52,8 +52,12 @@ type endpoint struct {
 	rtt atomic.Int64
 
 	// Guarded by the offers' lock: its connections with the ready
-	// feature that carry no job, the longest idle first.
-	idle []*hubConn
+	// feature that carry no job, the longest idle first; how often it has
+	// taken the offers it got lately (1 for all, 0 for none); and how fast
+	// it takes one when it has work (see noteReaction).
+	idle  []*hubConn
+	score float64
+	react time.Duration
 }
 
 func (ep *endpoint) noteRTT(d time.Duration) {
@@ -185,7 +189,7 @@ func (s *hubSet) update(ts []target) {
 		}
 		t := want[addr]
 		ctx, cancel := context.WithCancel(s.l.ctx)
-		ep := &endpoint{hub: t.hub, name: t.hub.name, addr: addr, ctx: ctx, cancel: cancel}
+		ep := &endpoint{hub: t.hub, name: t.hub.name, addr: addr, ctx: ctx, cancel: cancel, score: 1}
 		s.eps[addr] = ep
 		if len(s.eps) > 1 || !t.hub.literal {
 			s.w.log.Debug("joining hub address", "hub", ep.name, "address", addr)

@@ -16,18 +16,20 @@ import (
 // would be taken by each hub that has a request waiting: all but one
 // would be declined, and under load that is most jobs. Offered to one hub
 // only, it would idle while that hub has nothing to do and another hub has
-// a queue. So each free slot is offered to one hub address at a time:
-// every other time to the hub whose job has just freed it (a hub that
-// keeps its workers busy most likely has more), otherwise to the next one
-// in turn (so that every hub gets offers even when all have queues); a
-// hub that has not taken it within a few milliseconds
-// (offerMoveMin, or twice the round trip to that hub, whichever is more)
-// evidently has no request waiting, and the offer moves to the next hub;
-// once it has been to every hub unused, every hub is quiet, and it stays
-// offered to all of them (parked) until one takes it. Under load the first
-// hub takes the offer at once and no job is declined; when the load is
-// light, two hubs may take the same parked slot at the same moment, and
-// one job is declined and goes straight to the next worker.
+// a queue. So each free slot is first offered to one hub address alone:
+// the one that has taken the offers it got most often lately (its score;
+// on a tie, the hub whose job freed the slot, then the next in turn), and
+// every exploreEvery offers simply the next in turn, so that a hub whose
+// demand grows, or that comes back, gets offers even while the others
+// take them all. A hub that has a request waiting takes the offer within
+// a round trip; one that has not taken it after moveAfter (a millisecond,
+// or twice the hub's round trip or reaction time if longer) evidently has
+// nothing waiting, and the offer goes to every hub address (parked) until
+// one takes it. Under full load the first hub takes each offer at once and
+// no job is declined; under partial load no slot stays hidden from a hub
+// with a queue for longer than moveAfter, and two hubs that take the same
+// parked slot at the same moment cost one decline, whose job goes straight
+// to the next worker.
 //
 // A job that arrives takes a free slot whether or not its connection was
 // still offered (a withdrawal crosses a job in flight), so that a job is
@@ -36,14 +38,13 @@ import (
 // waits for the gate's next verdict.
 
 // offerMoveMin is the shortest time an offer stays with one hub address.
-var offerMoveMin = 3 * time.Millisecond
+var offerMoveMin = time.Millisecond
 
 // offer is one free slot offered to the hubs.
 type offer struct {
 	at     *endpoint // the hub address it is offered to; nil when parked or not yet placed
 	parked bool      // offered to every hub address
 	since  time.Time // offered to at since
-	visits int       // hub addresses it has been offered to
 }
 
 // offers keeps the books of a worker's slots and offers.
@@ -59,16 +60,13 @@ type offers struct {
 	fresh    bool // no job has taken a slot since that verdict
 	eps      []*endpoint
 	next     int // the hub address the next new offer goes to first
-	// prefer is where the job that freed the last slot came from: every
-	// other new offer goes there first (affinity toggles), since a hub
-	// that just used a slot most likely has more work; the others go in
-	// turn, so that a hub whose jobs ended long ago (or that has just come
-	// back) still gets offers when every hub has a queue.
-	prefer   *endpoint
-	affinity bool
-	out      []*offer
-	timer    *time.Timer
-	freed    chan struct{} // closed and replaced when a slot is freed
+	// prefer is where the job that freed the last slot came from: among
+	// hub addresses with the same score, the next offer goes there.
+	prefer *endpoint
+	placed int // offers placed, for exploreEvery
+	out    []*offer
+	timer  *time.Timer
+	freed  chan struct{} // closed and replaced when a slot is freed
 }
 
 func newOffers(w *Worker, slots int, gated bool) *offers {
@@ -242,7 +240,13 @@ func (o *offers) consumeLocked(ep *endpoint) {
 		}
 	}
 	if best >= 0 {
+		if of := o.out[best]; of.at == ep && ep != nil {
+			noteReaction(ep, time.Since(of.since))
+		}
 		o.out = slices.Delete(o.out, best, best+1)
+	}
+	if ep != nil {
+		noteTaken(ep)
 	}
 }
 
@@ -308,11 +312,14 @@ func spare(ep *endpoint, excl map[*endpoint]int, parked int) int {
 	return len(ep.idle) - excl[ep] - parked
 }
 
-// placeLocked offers of to the hub address that freed the slot (every
-// other time) or to the next one in turn that has an idle connection to
-// spare, and returns 1 if it parked it instead (with one hub address
-// there is nowhere to move to). An offer no address can take waits until
-// a connection becomes idle.
+// placeLocked offers of to a hub address that has an idle connection to
+// spare: the one that has taken the offers it got most often lately (on a
+// tie, the one that freed the slot, else the next in turn), or, every
+// exploreEvery offers, simply the next in turn, so that a hub whose
+// demand has grown (or that has just come back) gets offers even while
+// the others take all there are. It returns 1 if it parked the offer
+// instead (with one hub address there is nowhere to move to). An offer no
+// address can take waits until a connection becomes idle.
 func (o *offers) placeLocked(of *offer, now time.Time, excl map[*endpoint]int, parked int) int {
 	n := len(o.eps)
 	if n == 1 {
@@ -321,25 +328,45 @@ func (o *offers) placeLocked(of *offer, now time.Time, excl map[*endpoint]int, p
 	}
 	prefer := o.prefer
 	o.prefer = nil
-	if prefer != nil {
-		o.affinity = !o.affinity
-		if o.affinity && slices.Contains(o.eps, prefer) && spare(prefer, excl, parked) > 0 {
-			of.at, of.since, of.visits = prefer, now, 1
-			excl[prefer]++
-			return 0
-		}
-	}
+	o.placed++
+	explore := o.placed%exploreEvery == 0
+	var best *endpoint
+	bestAt := 0
 	for i := range n {
 		ep := o.eps[(o.next+i)%n]
-		if spare(ep, excl, parked) > 0 {
-			of.at, of.since, of.visits = ep, now, 1
-			excl[ep]++
-			o.next = (o.next + i + 1) % n
-			return 0
+		if spare(ep, excl, parked) <= 0 {
+			continue
 		}
+		if best == nil || !explore && (ep.score > best.score || ep.score == best.score && ep == prefer && best != prefer) {
+			best, bestAt = ep, (o.next+i)%n
+		}
+		if explore {
+			break
+		}
+	}
+	if best == nil {
+		return 0
+	}
+	of.at, of.since = best, now
+	excl[best]++
+	if explore || best != prefer {
+		o.next = (bestAt + 1) % n
 	}
 	return 0
 }
+
+// exploreEvery: one new offer in this many goes to the next hub address in
+// turn, whatever the scores.
+const exploreEvery = 4
+
+// scoreWeight is how much one offer, taken or not, moves a hub address's
+// score.
+const scoreWeight = 0.2
+
+// noteTaken and noteUnused move ep's score towards 1 or 0: an offer it
+// took (or a job it sent), or one it let go unused.
+func noteTaken(ep *endpoint)  { ep.score += scoreWeight * (1 - ep.score) }
+func noteUnused(ep *endpoint) { ep.score -= scoreWeight * ep.score }
 
 // applyLocked sets the readiness each idle connection should have: as many
 // ready on each hub address as the offers it has, keeping those already
@@ -372,12 +399,26 @@ func (o *offers) applyLocked(excl map[*endpoint]int, parked int) []*hubConn {
 	return flush
 }
 
-// moveAfter is how long an offer stays with ep unused.
+// moveAfter is how long an offer stays with ep alone, unused: long enough
+// for a hub that has a request waiting to take it, going by the round trip
+// of its handshakes and by how fast it has taken offers lately.
 func (o *offers) moveAfter(ep *endpoint) time.Duration {
-	return max(o.moveMin, 2*time.Duration(ep.rtt.Load()))
+	return max(o.moveMin, 2*time.Duration(ep.rtt.Load()), 2*ep.react)
 }
 
-// armLocked sets the timer for the next offer due to move.
+// noteReaction records that ep took an offer d after it was made. The
+// reaction time kept is a lower envelope of these (it rises slowly, falls
+// at once): how fast the hub takes an offer when it has work, not how
+// long it took until work came.
+func noteReaction(ep *endpoint, d time.Duration) {
+	if ep.react == 0 || d < ep.react {
+		ep.react = d
+		return
+	}
+	ep.react += (d - ep.react) / 32
+}
+
+// armLocked sets the timer for the next offer due to be parked.
 func (o *offers) armLocked(now time.Time) {
 	var next time.Time
 	for _, of := range o.out {
@@ -400,8 +441,8 @@ func (o *offers) armLocked(now time.Time) {
 	}
 }
 
-// tick moves the offers that have stayed unused with a hub address for
-// long enough to the next one, or parks them after a round.
+// tick parks the offers that have stayed unused with a hub address for
+// long enough: that hub has nothing waiting, and the others may.
 func (o *offers) tick() {
 	o.mu.Lock()
 	now := time.Now()
@@ -410,38 +451,15 @@ func (o *offers) tick() {
 		if of.at == nil || now.Before(of.since.Add(o.moveAfter(of.at))) {
 			continue
 		}
-		from := of.at
-		excl[from]--
-		of.at = nil
-		if of.visits < len(o.eps) {
-			if ep := o.nextSpareLocked(from, excl, parked); ep != nil {
-				of.at, of.since = ep, now
-				of.visits++
-				excl[ep]++
-				continue
-			}
-		}
-		of.parked = true
+		excl[of.at]--
+		noteUnused(of.at)
+		of.at, of.parked = nil, true
 		parked++
 	}
 	flush := o.applyLocked(excl, parked)
 	o.armLocked(now)
 	o.mu.Unlock()
 	flushAll(flush)
-}
-
-// nextSpareLocked returns the first hub address after from, in turn, with
-// an idle connection to spare.
-func (o *offers) nextSpareLocked(from *endpoint, excl map[*endpoint]int, parked int) *endpoint {
-	i := slices.Index(o.eps, from)
-	n := len(o.eps)
-	for k := 1; k < n; k++ {
-		ep := o.eps[(i+k+n)%n]
-		if ep != from && spare(ep, excl, parked) > 0 {
-			return ep
-		}
-	}
-	return nil
 }
 
 // flushAll writes the readiness frames cs need, outside the offers' lock.

@@ -3,37 +3,20 @@ package worker
 import (
 	"context"
 	"net"
-	"sync"
 	"testing"
 	"time"
 )
 
-// frameConn records the readiness frames written to it: the offers'
-// bookkeeping is tested here, the wire in multihub_test.go.
-type frameConn struct {
-	net.Conn
-	mu   sync.Mutex
-	last byte
-	n    int
-}
+// frameConn takes the readiness frames written to it (the offers'
+// bookkeeping is tested here, the wire in multihub_test.go; hubConn.sent
+// says what the hub would know).
+type frameConn struct{ net.Conn }
 
-func (f *frameConn) Write(p []byte) (int, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.last = p[len(p)-1]
-	f.n += len(p)
-	return len(p), nil
-}
+func (f *frameConn) Write(p []byte) (int, error) { return len(p), nil }
 
 func (f *frameConn) SetWriteDeadline(time.Time) error { return nil }
 
 func (f *frameConn) Close() error { return nil }
-
-func (f *frameConn) state() byte {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.last
-}
 
 // offerRig is a worker's offers with idle connections to some hub
 // addresses, one per address unless said otherwise.
@@ -49,7 +32,7 @@ func newOfferRig(t *testing.T, slots int, gated bool, perEndpoint ...int) *offer
 	w.offers = newOffers(w, slots, gated)
 	r := &offerRig{w: w}
 	for i := range perEndpoint {
-		ep := &endpoint{name: "hub", addr: string(rune('a' + i)), ctx: context.Background()}
+		ep := &endpoint{name: "hub", addr: string(rune('a' + i)), ctx: context.Background(), score: 1}
 		w.offers.addEndpoint(ep)
 		r.eps = append(r.eps, ep)
 		r.conns = append(r.conns, nil)
@@ -80,20 +63,27 @@ func newOfferRig(t *testing.T, slots int, gated bool, perEndpoint ...int) *offer
 }
 
 // ready returns, per hub address, how many of its connections the hub
-// holds ready: idle ones whose last frame said so.
+// holds ready: idle ones whose last frame since the last response said
+// so.
 func (r *offerRig) ready() []int {
 	out := make([]int, len(r.conns))
 	for i, cs := range r.conns {
 		for _, c := range cs {
 			c.wmu.Lock()
-			idle := c.idle
+			ready := c.idle && c.sent == FrameReady
 			c.wmu.Unlock()
-			if idle && c.Conn.(*frameConn).state() == FrameReady {
+			if ready {
 				out[i]++
 			}
 		}
 	}
 	return out
+}
+
+func isReady(c *hubConn) bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.idle && c.sent == FrameReady
 }
 
 // arrive has a job arrive on c, as its first bytes do, and returns the
@@ -123,30 +113,16 @@ func equal(a, b []int) bool {
 	return true
 }
 
-// TestOffersMoveThenPark: one free slot and three hub addresses: offered
-// to one at a time, moved on when unused, then offered to all three.
-func TestOffersMoveThenPark(t *testing.T) {
+// TestOffersParkedWhenUnused: one free slot and three hub addresses:
+// offered to one, then, unused, to all three.
+func TestOffersParkedWhenUnused(t *testing.T) {
 	defer func(d time.Duration) { offerMoveMin = d }(offerMoveMin)
 	offerMoveMin = 30 * time.Millisecond
 	r := newOfferRig(t, 1, false, 1, 1, 1)
 	if got := r.ready(); sum(got) != 1 {
 		t.Fatalf("ready %v, want one hub offered the slot", got)
 	}
-	seen := map[int]bool{}
-	eventually(t, "the offer to visit every hub and be parked", func() bool {
-		got := r.ready()
-		if sum(got) == 1 {
-			for i, n := range got {
-				if n == 1 {
-					seen[i] = true
-				}
-			}
-		}
-		return equal(got, []int{1, 1, 1})
-	})
-	if len(seen) < 2 {
-		t.Errorf("the offer moved through %d hubs before it was parked", len(seen))
-	}
+	eventually(t, "the offer to be parked", func() bool { return equal(r.ready(), []int{1, 1, 1}) })
 
 	// Hub b takes it: the others' offers are withdrawn.
 	b := r.conns[1][0]
@@ -198,7 +174,7 @@ func TestOffersSlotsAcrossHubs(t *testing.T) {
 		t.Fatalf("ready %v, want one slot offered to each hub", got)
 	}
 	c := r.conns[0][0]
-	if c.Conn.(*frameConn).state() != FrameReady {
+	if r.ready()[0] == 1 && !isReady(c) {
 		c = r.conns[0][1]
 	}
 	arrive(c)
@@ -224,7 +200,7 @@ func TestOffersGateOneAtATime(t *testing.T) {
 	}
 	var offered *hubConn
 	for _, c := range r.conns[0] {
-		if c.Conn.(*frameConn).state() == FrameReady {
+		if isReady(c) {
 			offered = c
 		}
 	}
@@ -239,5 +215,35 @@ func TestOffersGateOneAtATime(t *testing.T) {
 	r.w.offers.setGate(false)
 	if got := r.ready(); sum(got) != 0 {
 		t.Fatalf("ready %v behind a closed gate", got)
+	}
+}
+
+// TestOffersFollowDemand: a hub address that lets its offers go unused
+// gets new ones only every exploreEvery offers; one that takes them gets
+// the others.
+func TestOffersFollowDemand(t *testing.T) {
+	defer func(d time.Duration) { offerMoveMin = d }(offerMoveMin)
+	offerMoveMin = time.Hour
+	r := newOfferRig(t, 1, false, 1, 1)
+	r.eps[1].score = 0.1 // b has let its offers go unused
+	first := [2]int{}
+	for range 4 * exploreEvery {
+		got := r.ready()
+		c := r.conns[0][0]
+		if got[1] == 1 {
+			c = r.conns[1][0]
+			first[1]++
+		} else {
+			first[0]++
+		}
+		if s := arrive(c); s != slotTaken {
+			t.Fatalf("arrival: %d", s)
+		}
+		r.eps[1].score = 0.1
+		c.jobDone()
+		c.becomeIdle()
+	}
+	if first[1] != 4 || first[0] != 4*exploreEvery-4 {
+		t.Errorf("offers to a and b: %v, want b only every %d", first, exploreEvery)
 	}
 }
