@@ -53,11 +53,11 @@ type endpoint struct {
 
 	// Guarded by the offers' lock: its connections with the ready
 	// feature that carry no job, the longest idle first; how often it has
-	// taken the offers it got lately (1 for all, 0 for none); and how fast
-	// it takes one when it has work (see noteReaction).
+	// taken the offers it got lately (1 for all, 0 for none); and how long
+	// an offer stays with it alone (see noteLate).
 	idle  []*hubConn
 	score float64
-	react time.Duration
+	dwell time.Duration
 }
 
 func (ep *endpoint) noteRTT(d time.Duration) {

@@ -22,10 +22,12 @@ import (
 // every exploreEvery offers simply the next in turn, so that a hub whose
 // demand grows, or that comes back, gets offers even while the others
 // take them all. A hub that has a request waiting takes the offer within
-// a round trip; one that has not taken it after moveAfter (a millisecond,
-// or twice the hub's round trip or reaction time if longer) evidently has
-// nothing waiting, and the offer goes to every hub address (parked) until
-// one takes it. Under full load the first hub takes each offer at once and
+// a round trip; one that has not taken it after its dwell (a millisecond
+// at first, and at least twice the round trip of its handshakes; longer
+// for a hub that turns out to take offers just after they were parked,
+// which on a busy machine is a hub slow to react) evidently has nothing
+// waiting, and the offer goes to every hub address (parked) until one
+// takes it. Under full load the first hub takes each offer at once and
 // no job is declined; under partial load no slot stays hidden from a hub
 // with a queue for longer than moveAfter, and two hubs that take the same
 // parked slot at the same moment cost one decline, whose job goes straight
@@ -44,7 +46,8 @@ var offerMoveMin = time.Millisecond
 type offer struct {
 	at     *endpoint // the hub address it is offered to; nil when parked or not yet placed
 	parked bool      // offered to every hub address
-	since  time.Time // offered to at since
+	from   *endpoint // parked: the address it was offered to first
+	since  time.Time // offered to at, or parked, since
 }
 
 // offers keeps the books of a worker's slots and offers.
@@ -240,8 +243,8 @@ func (o *offers) consumeLocked(ep *endpoint) {
 		}
 	}
 	if best >= 0 {
-		if of := o.out[best]; of.at == ep && ep != nil {
-			noteReaction(ep, time.Since(of.since))
+		if of := o.out[best]; of.parked && of.from == ep && ep != nil && time.Since(of.since) < o.moveAfter(ep) {
+			o.noteLate(ep)
 		}
 		o.out = slices.Delete(o.out, best, best+1)
 	}
@@ -365,8 +368,11 @@ const scoreWeight = 0.2
 
 // noteTaken and noteUnused move ep's score towards 1 or 0: an offer it
 // took (or a job it sent), or one it let go unused.
-func noteTaken(ep *endpoint)  { ep.score += scoreWeight * (1 - ep.score) }
-func noteUnused(ep *endpoint) { ep.score -= scoreWeight * ep.score }
+func noteTaken(ep *endpoint) { ep.score += scoreWeight * (1 - ep.score) }
+func noteUnused(ep *endpoint) {
+	ep.score -= scoreWeight * ep.score
+	ep.dwell = ep.dwell * 9 / 10
+}
 
 // applyLocked sets the readiness each idle connection should have: as many
 // ready on each hub address as the offers it has, keeping those already
@@ -401,21 +407,20 @@ func (o *offers) applyLocked(excl map[*endpoint]int, parked int) []*hubConn {
 
 // moveAfter is how long an offer stays with ep alone, unused: long enough
 // for a hub that has a request waiting to take it, going by the round trip
-// of its handshakes and by how fast it has taken offers lately.
+// of its handshakes and by its dwell.
 func (o *offers) moveAfter(ep *endpoint) time.Duration {
-	return max(o.moveMin, 2*time.Duration(ep.rtt.Load()), 2*ep.react)
+	return max(o.moveMin, 2*time.Duration(ep.rtt.Load()), ep.dwell)
 }
 
-// noteReaction records that ep took an offer d after it was made. The
-// reaction time kept is a lower envelope of these (it rises slowly, falls
-// at once): how fast the hub takes an offer when it has work, not how
-// long it took until work came.
-func noteReaction(ep *endpoint, d time.Duration) {
-	if ep.react == 0 || d < ep.react {
-		ep.react = d
-		return
-	}
-	ep.react += (d - ep.react) / 32
+// maxDwell bounds how long an offer stays with one hub address alone.
+const maxDwell = 20 * time.Millisecond
+
+// noteLate lengthens ep's dwell: it took an offer just after it was
+// parked, too late (the other hubs may have taken it too); a hub that is
+// slow to react, on a busy machine, gets longer. noteUnused shortens it
+// again, towards o.moveMin.
+func (o *offers) noteLate(ep *endpoint) {
+	ep.dwell = min(maxDwell, max(o.moveMin, ep.dwell)*3/2)
 }
 
 // armLocked sets the timer for the next offer due to be parked.
@@ -442,7 +447,7 @@ func (o *offers) armLocked(now time.Time) {
 }
 
 // tick parks the offers that have stayed unused with a hub address for
-// long enough: that hub has nothing waiting, and the others may.
+// its dwell: that hub has nothing waiting, and the others may.
 func (o *offers) tick() {
 	o.mu.Lock()
 	now := time.Now()
@@ -453,7 +458,7 @@ func (o *offers) tick() {
 		}
 		excl[of.at]--
 		noteUnused(of.at)
-		of.at, of.parked = nil, true
+		of.from, of.at, of.parked, of.since = of.at, nil, true, now
 		parked++
 	}
 	flush := o.applyLocked(excl, parked)
