@@ -70,7 +70,7 @@ type job struct {
 }
 
 // free gives the job's slot back at once: its handler declined it.
-func (j *job) free() { j.freeOnce.Do(func() { j.worker.offers.done(j.hc.ep) }) }
+func (j *job) free() { j.freeOnce.Do(j.worker.offers.done) }
 
 // finish gives the job's slot back once its response is out: its handler
 // has returned.

@@ -213,7 +213,7 @@ func (c *hubConn) jobDone() {
 	c.wmu.Lock()
 	if c.closed {
 		c.wmu.Unlock()
-		c.w.offers.done(c.ep)
+		c.w.offers.done()
 		return
 	}
 	c.finished = true

@@ -109,8 +109,9 @@ func (o *offers) arrive(c *hubConn) int32 {
 	return res
 }
 
-// done frees the slot of a job from ep that was declined.
-func (o *offers) done(ep *endpoint) {
+// done frees the slot of a job that was declined, or that ended on a
+// connection that has closed.
+func (o *offers) done() {
 	o.mu.Lock()
 	o.freeLocked()
 	flush := o.rebalanceLocked(time.Now())
