@@ -69,12 +69,8 @@ type job struct {
 	freeOnce sync.Once
 }
 
-// free gives the job's slot back at once: its handler declined it.
-func (j *job) free() { j.freeOnce.Do(j.worker.offers.done) }
-
-// finish gives the job's slot back once its response is out: its handler
-// has returned.
-func (j *job) finish() { j.freeOnce.Do(j.hc.jobDone) }
+// free gives the job's slot back: its handler declined it, or returned.
+func (j *job) free() { j.freeOnce.Do(func() { j.worker.offers.done(j.hc) }) }
 
 // jobs maps the ResponseWriter of every job to its *job while its handler
 // runs, so that Decline, which is given only the writer, can free the
@@ -115,7 +111,7 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 	jobs.Store(rw, j)
 	defer func() {
 		jobs.Delete(rw)
-		j.finish()
+		j.free()
 	}()
 	if !hc.accept || !expectsContinue(r) {
 		w.cfg.Handler.ServeHTTP(rw, r)

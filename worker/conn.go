@@ -152,9 +152,6 @@ type hubConn struct {
 	// handshake and after every response, until a frame says otherwise.
 	sent   byte
 	closed bool
-	// finished: the job on c has ended, and its slot is given back once
-	// its response is out (c becomes idle) or c closes.
-	finished bool
 
 	// listed: the connection is in ep.idle; guarded by the offers' lock.
 	listed bool
@@ -201,23 +198,8 @@ func (c *hubConn) becomeIdle() {
 	c.idle = true
 	c.sent = FrameNotReady
 	c.waiting.Store(true)
-	freed := c.finished
-	c.finished = false
 	c.wmu.Unlock()
-	c.w.offers.idle(c, freed)
-}
-
-// jobDone records that the handler of the job on c has returned: its slot
-// is free once the response is out, or now if c has closed.
-func (c *hubConn) jobDone() {
-	c.wmu.Lock()
-	if c.closed {
-		c.wmu.Unlock()
-		c.w.offers.done()
-		return
-	}
-	c.finished = true
-	c.wmu.Unlock()
+	c.w.offers.idle(c)
 }
 
 // takeSlot takes the decision on the job that has arrived on c: whether it
@@ -259,11 +241,9 @@ func (c *hubConn) Close() error {
 	c.closeOnce.Do(func() {
 		c.wmu.Lock()
 		c.closed, c.idle = true, false
-		freed := c.finished
-		c.finished = false
 		c.wmu.Unlock()
 		if c.w != nil {
-			c.w.offers.gone(c, freed)
+			c.w.offers.gone(c)
 		}
 		close(c.released)
 	})

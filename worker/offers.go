@@ -48,6 +48,10 @@ type offer struct {
 	parked bool      // offered to every hub address
 	from   *endpoint // parked: the address it was offered to first
 	since  time.Time // offered to at, or parked, since
+	// waitFor is the connection whose job freed the slot, until it is
+	// idle; prefer is its hub address then.
+	waitFor *hubConn
+	prefer  *endpoint
 }
 
 // offers keeps the books of a worker's slots and offers.
@@ -63,13 +67,10 @@ type offers struct {
 	fresh    bool // no job has taken a slot since that verdict
 	eps      []*endpoint
 	next     int // the hub address the next new offer goes to first
-	// prefer is where the job that freed the last slot came from: among
-	// hub addresses with the same score, the next offer goes there.
-	prefer *endpoint
-	placed int // offers placed, for exploreEvery
-	out    []*offer
-	timer  *time.Timer
-	freed  chan struct{} // closed and replaced when a slot is freed
+	placed   int // offers placed, for exploreEvery
+	out      []*offer
+	timer    *time.Timer
+	freed    chan struct{} // closed and replaced when a slot is freed
 }
 
 func newOffers(w *Worker, slots int, gated bool) *offers {
@@ -109,11 +110,16 @@ func (o *offers) arrive(c *hubConn) int32 {
 	return res
 }
 
-// done frees the slot of a job that was declined, or that ended on a
-// connection that has closed.
-func (o *offers) done() {
+// done frees the slot of a job that has ended on c (or was declined). A
+// job that arrives may take it at once; its offer waits until c, whose
+// response is being written, is idle, and then prefers c's hub address
+// among those of the same score.
+func (o *offers) done(c *hubConn) {
 	o.mu.Lock()
 	o.freeLocked()
+	if c.ready && slices.Contains(o.eps, c.ep) {
+		o.out = append(o.out, &offer{waitFor: c})
+	}
 	flush := o.rebalanceLocked(time.Now())
 	o.mu.Unlock()
 	flushAll(flush)
@@ -126,14 +132,10 @@ func (o *offers) freeLocked() {
 }
 
 // idle takes c, which carries no job, into the books: a connection with
-// FeatureReady may now be offered. freed says that the job that has just
-// ended on c gives its slot back.
-func (o *offers) idle(c *hubConn, freed bool) {
+// FeatureReady may now be offered.
+func (o *offers) idle(c *hubConn) {
 	o.mu.Lock()
-	if freed {
-		o.freeLocked()
-		o.prefer = c.ep
-	}
+	o.unblockLocked(c, c.ep)
 	c.want.Store(uint32(FrameNotReady))
 	if c.ready && !c.listed && slices.Contains(o.eps, c.ep) {
 		c.ep.idle = append(c.ep.idle, c)
@@ -145,11 +147,12 @@ func (o *offers) idle(c *hubConn, freed bool) {
 }
 
 // gone takes closed c out of the books, with the slot of a job that
-// arrived on it and never ran, or (freed) one that has ended.
-func (o *offers) gone(c *hubConn, freed bool) {
+// arrived on it and never ran.
+func (o *offers) gone(c *hubConn) {
 	o.mu.Lock()
+	o.unblockLocked(c, nil)
 	o.unlistLocked(c)
-	if c.slot.Swap(slotNone) == slotTaken || freed {
+	if c.slot.Swap(slotNone) == slotTaken {
 		o.freeLocked()
 	}
 	flush := o.rebalanceLocked(time.Now())
@@ -213,6 +216,16 @@ func (o *offers) free() (int, <-chan struct{}) {
 	return o.slots - o.running, o.freed
 }
 
+// unblockLocked places the offers that waited for c (see done), with a
+// preference for prefer.
+func (o *offers) unblockLocked(c *hubConn, prefer *endpoint) {
+	for _, of := range o.out {
+		if of.waitFor == c {
+			of.waitFor, of.prefer = nil, prefer
+		}
+	}
+}
+
 func (o *offers) unlistLocked(c *hubConn) {
 	if !c.listed {
 		return
@@ -266,7 +279,7 @@ func (o *offers) rebalanceLocked(now time.Time) []*hubConn {
 	}
 	excl, parked := o.coverLocked()
 	for _, of := range o.out {
-		if of.at == nil && !of.parked {
+		if of.at == nil && !of.parked && of.waitFor == nil {
 			parked += o.placeLocked(of, now, excl, parked)
 		}
 	}
@@ -330,8 +343,7 @@ func (o *offers) placeLocked(of *offer, now time.Time, excl map[*endpoint]int, p
 		of.parked = true
 		return 1
 	}
-	prefer := o.prefer
-	o.prefer = nil
+	prefer := of.prefer
 	o.placed++
 	explore := o.placed%exploreEvery == 0
 	var best *endpoint

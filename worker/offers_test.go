@@ -138,7 +138,7 @@ func TestOffersParkedWhenUnused(t *testing.T) {
 	}
 	r.conns[0][0].becomeIdle()
 	// The job ends: the slot goes back to hub b first (it freed it).
-	b.jobDone()
+	r.w.offers.done(b)
 	b.becomeIdle()
 	if got := r.ready(); !equal(got, []int{0, 1, 0}) {
 		t.Fatalf("ready %v after b's job, want b offered the slot", got)
@@ -240,7 +240,7 @@ func TestOffersFollowDemand(t *testing.T) {
 			t.Fatalf("arrival: %d", s)
 		}
 		r.eps[1].score = 0.1
-		c.jobDone()
+		r.w.offers.done(c)
 		c.becomeIdle()
 	}
 	if first[1] != 4 || first[0] != 4*exploreEvery-4 {

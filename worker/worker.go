@@ -30,6 +30,19 @@
 // nothing changes: net/http answers "100 Continue" when the Handler first
 // reads the body.
 //
+// # Several hubs, readiness and gates
+//
+// A Worker may serve several hubs ([Config.Hubs]; a host name with several
+// addresses counts as one hub per address, resolved again every
+// [Config.ResolveInterval]). It holds Slots connections to each address
+// and runs at most Slots jobs in all. With hubs that agree on the "ready"
+// feature it offers each free slot with a readiness frame, to one hub
+// first and then, unused, to all of them, and takes an offer back when the
+// slot is taken or a gate ([Config.Gate]) closes, without closing the
+// connection; a job that arrives when no slot is free is declined before
+// it is accepted (see offers.go for the policy and the README for the
+// wire format).
+//
 // # Health
 //
 // A Worker whose [Config.Health] (or its Handler's, as a Forwarder's) is
