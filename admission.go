@@ -21,6 +21,9 @@ type features struct {
 	// accept: the worker sends 100 Continue only once it has accepted a
 	// job and before any of it runs (worker.FeatureAccept).
 	accept bool
+	// ready: the worker says with readiness frames whether the
+	// connection may carry a job (worker.FeatureReady).
+	ready bool
 }
 
 // admission records the credentials a connection was admitted with, so that

@@ -160,7 +160,7 @@ func bearerToken(authz string) string {
 }
 
 // hubFeatures are the optional parts of the protocol the hub speaks.
-var hubFeatures = features{accept: true}
+var hubFeatures = features{accept: true, ready: true}
 
 // parseFeatures returns the features that both the worker, in its
 // FeaturesHeader values, and the hub speak. Unknown tokens are ignored, so
@@ -169,8 +169,11 @@ func parseFeatures(values []string) features {
 	var f features
 	for _, v := range values {
 		for tok := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(tok), worker.FeatureAccept) {
+			switch tok = strings.TrimSpace(tok); {
+			case strings.EqualFold(tok, worker.FeatureAccept):
 				f.accept = hubFeatures.accept
+			case strings.EqualFold(tok, worker.FeatureReady):
+				f.ready = hubFeatures.ready
 			}
 		}
 	}
@@ -179,8 +182,12 @@ func parseFeatures(values []string) features {
 
 // header lists f as the hub's 101 answers it in FeaturesHeader; "" for none.
 func (f features) header() string {
+	var agreed []string
 	if f.accept {
-		return worker.FeatureAccept
+		agreed = append(agreed, worker.FeatureAccept)
 	}
-	return ""
+	if f.ready {
+		agreed = append(agreed, worker.FeatureReady)
+	}
+	return strings.Join(agreed, ", ")
 }

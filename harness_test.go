@@ -28,6 +28,9 @@ var testDataDir string
 // default storage when its package initialises, before TestMain runs, so
 // the harness also names the storage in every config it loads.)
 func TestMain(m *testing.M) {
+	if cf := os.Getenv(hubProcessEnv); cf != "" {
+		os.Exit(runHubProcess(cf)) // a hub of TestSeveralHubProcesses
+	}
 	dir, err := os.MkdirTemp("", "reverse-http-test-")
 	if err != nil {
 		panic(err)

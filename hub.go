@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -24,18 +25,26 @@ var (
 // waiting for a worker and the set of idle worker connections. Pools live in
 // the package-level usage pool, so both survive config reloads.
 //
-// Invariant: a pool never holds idle connections and waiting requests at the
-// same time; whichever arrives second is matched with the oldest of the other.
+// Invariant: a pool never holds ready idle connections and waiting
+// requests at the same time; whichever arrives second is matched with the
+// oldest of the other. Idle connections whose worker says it is not ready
+// (see readiness.go) wait in a list of their own.
 type Pool struct {
 	name string
 
 	mu       sync.Mutex
-	idle     list[*workerConn] // oldest idle connection first
+	idle     list[*workerConn] // ready idle connections, the oldest first
+	unready  list[*workerConn] // idle connections not ready for a job
 	waiting  list[*waiter]     // oldest waiting request first
 	conns    map[*workerConn]struct{}
 	limits   poolLimits
 	draining bool // no new requests; set on shutdown or removal
 	logger   *zap.Logger
+
+	// Counters since the pool was created.
+	joined   atomic.Uint64 // worker connections admitted
+	sent     atomic.Uint64 // jobs written to a worker
+	declined atomic.Uint64 // of which declined by the worker
 }
 
 // poolLimits are the limits a config sets on a pool.
@@ -84,16 +93,25 @@ func (p *Pool) log() *zap.Logger {
 
 // PoolStats is a snapshot of a pool's counters.
 type PoolStats struct {
-	Idle    int // idle worker connections
-	Busy    int // worker connections taken by a request
-	Waiting int // requests waiting for a worker
+	Idle     int // idle worker connections, ready or not
+	NotReady int // of which their worker says not ready for a job
+	Busy     int // worker connections taken by a request
+	Waiting  int // requests waiting for a worker
+
+	// Since the pool was created:
+	Joined   uint64 // worker connections admitted
+	Sent     uint64 // jobs written to a worker, declined ones included
+	Declined uint64 // jobs a worker declined
 }
 
 // Stats returns a snapshot of the pool's counters.
 func (p *Pool) Stats() PoolStats {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return PoolStats{Idle: p.idle.len(), Busy: len(p.conns) - p.idle.len(), Waiting: p.waiting.len()}
+	idle := p.idle.len() + p.unready.len()
+	s := PoolStats{Idle: idle, NotReady: p.unready.len(), Busy: len(p.conns) - idle, Waiting: p.waiting.len()}
+	p.mu.Unlock()
+	s.Joined, s.Sent, s.Declined = p.joined.Load(), p.sent.Load(), p.declined.Load()
+	return s
 }
 
 // waiter is a request waiting for a connection.
@@ -120,10 +138,15 @@ func (p *Pool) acquire(ctx context.Context, deadline time.Time, head bool, avoid
 		if err == nil {
 			return c, nil
 		}
-		// The worker hung up while nobody looked: nothing was written,
-		// and the request, still the oldest, tries the next connection.
-		p.release(c, false)
-		p.logDropped(c, err)
+		// The worker hung up, or withdrew its offer, while nobody
+		// looked: nothing was written, and the request, still the
+		// oldest, tries the next connection.
+		if errors.Is(err, errNotReady) {
+			p.putAs(c, false)
+		} else {
+			p.release(c, false)
+			p.logDropped(c, err)
+		}
 		head = true
 	}
 }
@@ -211,14 +234,38 @@ func (p *Pool) pickIdleLocked(avoid []string) *workerConn {
 // takeIdleLocked takes the idle connection c for whoever calls it, who
 // must then unwatch it before anything else. p.mu is held.
 func (p *Pool) takeIdleLocked(c *workerConn) {
-	p.idle.remove(&c.idleNode)
+	p.unlistLocked(c)
 	c.setState(stateReserved)
+}
+
+// listLocked puts idle c on the list its readiness says; p.mu is held.
+func (p *Pool) listLocked(c *workerConn) {
+	if c.ready {
+		p.idle.pushBack(&c.idleNode)
+	} else {
+		p.unready.pushBack(&c.idleNode)
+	}
+}
+
+// unlistLocked takes c off the list it is on, if any; p.mu is held.
+func (p *Pool) unlistLocked(c *workerConn) {
+	switch {
+	case !c.idleNode.in:
+	case c.ready:
+		p.idle.remove(&c.idleNode)
+	default:
+		p.unready.remove(&c.idleNode)
+	}
 }
 
 // put gives c, whose holder has not written to it since it was last
 // ready, to the oldest waiting request, or makes it idle when nobody
 // waits. A connection of a draining pool, or one retired, closes.
-func (p *Pool) put(c *workerConn) {
+func (p *Pool) put(c *workerConn) { p.putAs(c, c.ready) }
+
+// putAs is put for a connection whose readiness is ready: one that is not
+// ready waits, idle, until its worker says it is.
+func (p *Pool) putAs(c *workerConn, ready bool) {
 	p.mu.Lock()
 	if _, ok := p.conns[c]; !ok || p.draining || c.retired {
 		p.forget(c)
@@ -226,14 +273,16 @@ func (p *Pool) put(c *workerConn) {
 		c.close()
 		return
 	}
-	if w, ok := p.waiting.popFront(); ok {
+	c.ready = ready
+	if w, ok := p.waiting.front(); ok && ready {
+		p.waiting.remove(&w.node)
 		c.setState(stateReserved)
 		w.ch <- c
 		p.mu.Unlock()
 		return
 	}
 	c.setState(stateIdle)
-	p.idle.pushBack(&c.idleNode)
+	p.listLocked(c)
 	c.watchLocked()
 	p.mu.Unlock()
 	if c.polled {
@@ -273,37 +322,48 @@ func (p *Pool) add(conn net.Conn, br *bufio.Reader, info workerInfo) {
 	}
 	p.conns[c] = struct{}{}
 	p.mu.Unlock()
+	p.joined.Add(1)
 	c.polled = c.pollIdle()
 	p.put(c)
 }
 
 // release ends a job on c. A connection whose response completed cleanly
-// and that did not ask to close carries the next job.
+// and that did not ask to close carries the next job; with the ready
+// feature, once its worker says it is ready.
 func (p *Pool) release(c *workerConn, reuse bool) {
-	// Bytes the worker sent beyond its response would be taken for the
-	// next job's response: such a connection closes instead.
-	extra := reuse && c.leftover()
-	if reuse && !extra {
-		c.detachReader()
-		p.put(c)
-		return
+	var err error
+	if reuse {
+		// Bytes the worker sent beyond its response would be taken for
+		// the next job's response: such a connection closes instead.
+		// With the ready feature they must be frames.
+		ready := c.ready
+		if c.info.features.ready {
+			ready, err = c.framesAfterResponse()
+			if errors.Is(err, errOutOfTurn) {
+				err = errBeyondResponse
+			}
+		} else if c.leftover() {
+			err = errBeyondResponse
+		}
+		if err == nil {
+			c.detachReader()
+			p.putAs(c, ready)
+			return
+		}
 	}
 	p.mu.Lock()
 	p.forget(c)
 	p.mu.Unlock()
 	c.close()
 	c.detachReader()
-	if extra {
-		p.log().Warn("worker sent more than its response; closed the connection",
-			zap.String("remote", c.remote()), zap.String("worker", c.info.name))
+	if err != nil {
+		p.logDropped(c, err)
 	}
 }
 
 // forget removes c from the pool's books; p.mu must be held.
 func (p *Pool) forget(c *workerConn) {
-	if c.idleNode.in {
-		p.idle.remove(&c.idleNode)
-	}
+	p.unlistLocked(c)
 	delete(p.conns, c)
 }
 
@@ -327,9 +387,17 @@ func (p *Pool) dropIdle(c *workerConn, err error) bool {
 // logDropped logs why an idle connection left the pool.
 func (p *Pool) logDropped(c *workerConn, err error) {
 	logger := p.log()
-	if errors.Is(err, errOutOfTurn) {
-		logger.Warn("worker sent data on an idle connection; closed it",
-			zap.String("remote", c.remote()), zap.String("worker", c.info.name))
+	msg := ""
+	switch {
+	case errors.Is(err, errOutOfTurn):
+		msg = "worker sent data on an idle connection; closed it"
+	case errors.Is(err, errBeyondResponse):
+		msg = "worker sent more than its response; closed the connection"
+	case errors.Is(err, errFrameFlood):
+		msg = "worker sent readiness frames faster than allowed; closed the connection"
+	}
+	if msg != "" {
+		logger.Warn(msg, zap.String("remote", c.remote()), zap.String("worker", c.info.name))
 		return
 	}
 	logger.Debug("idle worker connection closed",
@@ -345,9 +413,11 @@ func (p *Pool) drain() {
 		w.ch <- nil
 	}
 	var idle []*workerConn
-	for c, ok := p.idle.popFront(); ok; c, ok = p.idle.popFront() {
-		delete(p.conns, c)
-		idle = append(idle, c)
+	for _, l := range []*list[*workerConn]{&p.idle, &p.unready} {
+		for c, ok := l.popFront(); ok; c, ok = l.popFront() {
+			delete(p.conns, c)
+			idle = append(idle, c)
+		}
 	}
 	p.mu.Unlock()
 	for _, c := range idle {

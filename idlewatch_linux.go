@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/reversehttp/reverse_http/worker"
 )
 
 // Idle connections are watched by one epoll instance for the whole process
@@ -21,9 +23,14 @@ import (
 // would cost no system call, but the response would wake the poller's
 // goroutine for every job, which under load costs far more.) Readiness
 // while the connection is idle means the worker hung up or talked out of
-// turn: the connection leaves the pool at once. Readiness reported while
-// the connection is not idle (a late arm can cause it) is ignored and uses
-// the registration up; put arms it again.
+// turn: the connection leaves the pool at once. With the ready feature the
+// poller reads a plain socket's readiness frames under the pool's lock
+// (nobody else may read an idle connection, and the socket is
+// non-blocking) and moves the connection between the pool's lists; a TLS
+// connection's frames are read through TLS by a goroutine, as anything a
+// TLS worker sends while idle is. Readiness reported while the connection
+// is not idle (a late arm can cause it) is ignored and uses the
+// registration up; put arms it again.
 //
 // The registration is level-triggered, so that a FIN or stray bytes that
 // arrived while the connection was busy, and that nobody has read when it
@@ -239,8 +246,25 @@ func (p *Pool) checkIdle(c *workerConn) {
 		p.mu.Unlock()
 		return
 	}
+	if c.info.features.ready && !c.tls {
+		// Frames, read now: nobody else reads c while it is idle.
+		f, err := c.readSocketFrames()
+		if err == nil {
+			idle := p.readyLocked(c, f)
+			p.mu.Unlock()
+			if idle {
+				c.arm()
+			}
+			return
+		}
+		p.forget(c)
+		p.mu.Unlock()
+		c.close()
+		p.logDropped(c, err)
+		return
+	}
 	// While c is idle under the lock nobody reads from it, so whatever
-	// the socket holds arrived out of turn.
+	// the socket holds arrived out of turn (or is a TLS record).
 	n, err := c.peek()
 	if err == unix.EAGAIN {
 		p.mu.Unlock()
@@ -250,12 +274,14 @@ func (p *Pool) checkIdle(c *workerConn) {
 	if n > 0 && c.tls {
 		// The bytes may be a TLS record that carries no data (a
 		// close_notify before a hang-up, or a key update on a connection
-		// that stays): TLS must read them to tell. The poller takes c as
-		// a request would, so that no job does meanwhile, and reads in a
-		// goroutine of its own while it goes on.
+		// that stays), or readiness frames: TLS must read them to tell.
+		// The poller takes c as a request would, so that no job does
+		// meanwhile, and reads in a goroutine of its own while it goes
+		// on.
+		ready := c.ready
 		p.takeIdleLocked(c)
 		p.mu.Unlock()
-		go p.checkTLS(c)
+		go p.checkTLS(c, ready)
 		return
 	}
 	p.forget(c)
@@ -271,15 +297,25 @@ func (p *Pool) checkIdle(c *workerConn) {
 }
 
 // checkTLS reads what a worker sent on its idle TLS connection c, which
-// checkIdle took. A record without data puts c back.
-func (p *Pool) checkTLS(c *workerConn) {
+// checkIdle took when its readiness was ready. A record without data puts
+// c back as it was; readiness frames put it back as they say.
+func (p *Pool) checkTLS(c *workerConn, ready bool) {
 	_ = c.unwatch()
-	if err := c.readTLSRecord(tlsCheckTimeout); err != nil {
+	var err error
+	if c.info.features.ready {
+		var f byte
+		if f, err = c.readTLSFrames(tlsCheckTimeout); f != 0 {
+			ready = f == worker.FrameReady
+		}
+	} else {
+		err = c.readTLSRecord(tlsCheckTimeout)
+	}
+	if err != nil {
 		p.release(c, false)
 		p.logDropped(c, err)
 		return
 	}
-	p.put(c)
+	p.putAs(c, ready)
 }
 
 // tlsCheckTimeout bounds how long checkTLS waits for a TLS record to end.

@@ -4,14 +4,7 @@ package reversehttp
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"runtime"
@@ -326,61 +319,6 @@ func TestIdleWatchTLSNoData(t *testing.T) {
 	waitFor(t, "the connection to come back", func() bool { s := p.Stats(); return s.Idle == 1 && s.Busy == 0 })
 	raw.Close()
 	waitFor(t, "the hung-up TLS connection to leave", func() bool { return p.Stats().Idle == 0 })
-}
-
-// tlsWorker connects a TLS connection to p as a worker would and returns
-// the worker's end and the TCP connection under it.
-func tlsWorker(t *testing.T, p *Pool) (*tls.Conn, net.Conn) {
-	t.Helper()
-	cert := selfSigned(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { raw.Close() })
-	hraw, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
-	h := tls.Server(hraw, &tls.Config{Certificates: []tls.Certificate{cert}})
-	errc := make(chan error, 1)
-	go func() { errc <- w.Handshake() }()
-	if err := h.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Close(); p.drain(); h.Close() })
-	p.add(h, bufio.NewReader(h), workerInfo{name: "tls"})
-	return w, raw
-}
-
-// selfSigned returns a throwaway certificate for 127.0.0.1.
-func selfSigned(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "worker test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // TestIdleWatchStaleReport checks what the poller does with a report that

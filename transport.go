@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/reversehttp/reverse_http/worker"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Errors that end a job without a worker's response.
@@ -138,6 +140,7 @@ func (c *workerConn) runJob(req *http.Request, limits poolLimits, withBody bool)
 	a := &attempt{c: c, req: req, ctx: req.Context(), limits: limits}
 	a.clock.d = limits.respTimeout
 	c.setState(stateWriting)
+	c.pool.sent.Add(1)
 	// A consumer that goes away closes the worker connection: the one
 	// cancellation signal every worker, POTHEAD's included, understands.
 	a.stopCancel = context.AfterFunc(a.ctx, c.close)
@@ -175,7 +178,7 @@ func (a *attempt) startBody() {
 func (a *attempt) awaitHead() (*http.Response, error) {
 	c := a.c
 	for n1xx := 0; ; n1xx++ {
-		if err := c.awaitResponse(); err != nil {
+		if err := c.awaitResponse(n1xx == 0); err != nil {
 			return nil, a.abandon(fmt.Errorf("worker connection closed before a response: %w", err), false)
 		}
 		resp, err := http.ReadResponse(c.reader(a.limits.maxResponseHeader), a.req)
@@ -225,6 +228,10 @@ func (a *attempt) informational(resp *http.Response) error {
 // queue, anything else streams to the consumer.
 func (a *attempt) final(resp *http.Response) (*http.Response, error) {
 	if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(worker.DeclinedHeader) != "" {
+		a.c.pool.declined.Add(1)
+		if ce := a.c.pool.log().Check(zapcore.DebugLevel, "worker declined the job"); ce != nil {
+			ce.Write(zap.String("remote", a.c.remote()), zap.String("worker", a.c.info.name))
+		}
 		return nil, a.declined(resp)
 	}
 	if !a.clock.stop() {

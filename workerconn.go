@@ -38,6 +38,18 @@ import (
 // The state is kept in an atomic so that anybody may read it (stats, the
 // admin API); it changes only by the holder, or under the pool's lock when
 // the connection enters or leaves the idle list.
+//
+// Readiness (readiness.go) splits idle in two without adding a state. With
+// the ready feature, an idle connection is ready (in the pool's idle list,
+// where requests take it) or not ready (in the unready list, where nobody
+// takes it), as its worker's last frame said; it enters idle not ready
+// after every response, unless frames right behind the response say
+// otherwise. The watcher reads frames, which is the one thing it may read
+// (anything else out of turn still closes the connection), and moves the
+// connection between the lists under the pool's lock: one that becomes
+// ready goes straight to a waiting request (idle → reserved), whose taker
+// then stops the watcher and checks it as from the idle list. Without the
+// feature an idle connection is always ready.
 
 type connState uint32
 
@@ -76,6 +88,13 @@ type workerConn struct {
 	// watchDone receives the goroutine's verdict.
 	watched   bool
 	watchDone chan error
+	// ready says that the worker offers c for a job: its last frame said
+	// so, or c has no ready feature. Guarded by pool.mu while c is idle,
+	// its holder's otherwise; it says which list idleNode is on.
+	ready bool
+	// budget bounds the readiness frames c's worker sends; only c's
+	// reader touches it.
+	budget frameBudget
 
 	// raw is the socket under conn, nil if conn is not one; tls says that
 	// conn is crypto/tls over it.
@@ -103,6 +122,7 @@ func newWorkerConn(p *Pool, conn net.Conn, info workerInfo) *workerConn {
 	c.src.conn = conn
 	c.raw, c.tls = socketOf(conn)
 	c.key = info.name + "@" + hostOf(conn.RemoteAddr())
+	c.ready = !info.features.ready
 	c.state.Store(uint32(stateReserved))
 	return c
 }
@@ -162,6 +182,9 @@ func (c *workerConn) close() {
 var (
 	errHungUp    = errors.New("worker closed the connection")
 	errOutOfTurn = errors.New("worker sent data nobody asked for")
+	// errBeyondResponse: data, or what is not a frame, right behind a
+	// response.
+	errBeyondResponse = errors.New("worker sent more than its response")
 )
 
 // watchLocked starts watching c, which has just become idle. p.mu is held:
@@ -178,24 +201,42 @@ func (c *workerConn) watchLocked() {
 
 // watchLoop is the goroutine watcher of a connection no poller can watch.
 // It waits for the idle connection to become readable: a worker that hangs
-// up while idle leaves the pool at once. A taker stops it by making its
-// Read time out (see unwatch); any other outcome means the connection is
-// finished, idle or not.
+// up while idle leaves the pool at once, and readiness frames move it
+// between the pool's lists. A taker stops it by making its Read time out
+// (see unwatch), and learns from done what frames read meanwhile said; any
+// other outcome means the connection is finished, idle or not.
 func (c *workerConn) watchLoop(done chan<- error) {
-	var one [1]byte
-	n, err := c.conn.Read(one[:])
-	if n > 0 {
-		err = errOutOfTurn
-	} else if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		// Stopped by the taker (a read of zero bytes without an error
-		// does not happen on a stream, but would not be news either).
-		done <- nil
+	var buf [frameBuf]byte
+	for {
+		n, err := c.conn.Read(buf[:])
+		if n > 0 {
+			f, ferr := c.frames(buf[:n])
+			switch {
+			case ferr != nil:
+				err = ferr
+			case !c.pool.watchedFrame(c, f):
+				// Taken meanwhile, or handed to a request by the frame.
+				done <- frameVerdict(f)
+				return
+			case err == nil:
+				continue
+			}
+		}
+		switch {
+		case errors.Is(err, errOutOfTurn) || errors.Is(err, errFrameFlood):
+		case err == nil || errors.Is(err, os.ErrDeadlineExceeded):
+			// Stopped by the taker (a read of zero bytes without an
+			// error does not happen on a stream, but would not be news
+			// either).
+			done <- nil
+			return
+		case err == io.EOF:
+			err = errHungUp
+		}
+		c.pool.dropIdle(c, err)
+		done <- err
 		return
-	} else if err == io.EOF {
-		err = errHungUp
 	}
-	c.pool.dropIdle(c, err)
-	done <- err
 }
 
 // unwatch stops c's watcher, if one watched c since it last became idle;
@@ -219,9 +260,10 @@ func (c *workerConn) unwatch() error {
 var aLongTimeAgo = time.Unix(1, 0)
 
 // check reports why c, which its holder is about to write a job to, cannot
-// carry it: the worker hung up or sent bytes out of turn while nobody
-// looked (between two jobs, or just before the poller could tell). nil
-// means c looks fine; a connection that cannot be peeked at always does.
+// carry it: the worker hung up, sent bytes out of turn, or withdrew its
+// offer (errNotReady) while nobody looked (between two jobs, or just
+// before the watcher could tell). nil means c looks fine; a connection
+// that cannot be peeked at always does.
 func (c *workerConn) check() error {
 	if c.src.buffered() || (c.br != nil && c.br.Buffered() > 0) {
 		return errOutOfTurn
@@ -234,6 +276,12 @@ func (c *workerConn) check() error {
 		return err
 	case n == 0:
 		return errHungUp
+	case c.info.features.ready:
+		f, err := c.readFrames(tlsRecordWait)
+		if err != nil {
+			return err
+		}
+		return frameVerdict(f)
 	case c.tls:
 		// Perhaps a TLS record that carries no data: the worker's
 		// close_notify before it hangs up, or a key update. Let TLS say.
@@ -273,8 +321,10 @@ func (c *workerConn) readTLSRecord(wait time.Duration) error {
 // awaitResponse waits until the worker sends the first byte of a response,
 // or the connection fails. Without a reader attached it reads one byte,
 // which the reader attached next reads first, so that a job waiting for a
-// slow worker holds no read buffer.
-func (c *workerConn) awaitResponse() error {
+// slow worker holds no read buffer. Before the job's first response,
+// readiness frames are passed over: the worker sent them before it read
+// the job.
+func (c *workerConn) awaitResponse(first bool) error {
 	if c.src.buffered() || (c.br != nil && c.br.Buffered() > 0) {
 		return nil
 	}
@@ -282,15 +332,24 @@ func (c *workerConn) awaitResponse() error {
 		_, err := c.br.Peek(1)
 		return err
 	}
-	n, err := c.conn.Read(c.src.one[:])
-	if n > 0 {
-		c.src.pending = c.src.one[:n]
-		return nil
+	for {
+		n, err := c.conn.Read(c.src.one[:])
+		if n > 0 && first && isFrame(c.src.one[0]) {
+			if _, ferr := c.frames(c.src.one[:n]); ferr != nil {
+				return ferr
+			}
+			if err == nil {
+				continue
+			}
+		} else if n > 0 {
+			c.src.pending = c.src.one[:n]
+			return nil
+		}
+		if err == nil {
+			err = io.ErrNoProgress
+		}
+		return err
 	}
-	if err == nil {
-		err = io.ErrNoProgress
-	}
-	return err
 }
 
 // reader returns c's response reader, attaching one if need be, with the

@@ -2,7 +2,9 @@ package worker
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,12 +57,25 @@ type jobKey struct{}
 // hubConnKey is the connection context key of a job's *hubConn.
 type hubConnKey struct{}
 
-// job is the acceptance state of one request that asks for it.
+// job is one job from a hub while its handler runs: its slot, and the
+// acceptance state of one that asks for it.
 type job struct {
 	w        http.ResponseWriter // the server's own, so no wrapper can swallow the 100
 	once     sync.Once
 	accepted atomic.Bool
+	worker   *Worker
+	hc       *hubConn // the connection it came on
+	auto     bool     // the Worker accepts it before it calls the Handler
+	freeOnce sync.Once
 }
+
+// free gives the job's slot back: its handler declined it, or returned.
+func (j *job) free() { j.freeOnce.Do(func() { j.worker.offers.done(j.hc) }) }
+
+// jobs maps the ResponseWriter of every job to its *job while its handler
+// runs, so that Decline, which is given only the writer, can free the
+// job's slot at once and tell a decline that comes too late.
+var jobs sync.Map
 
 func (j *job) accept() {
 	j.once.Do(func() {
@@ -78,20 +93,83 @@ func accepted(r *http.Request) bool {
 	return ok && j.accepted.Load()
 }
 
-// serveJob runs one job: it accepts it first, unless the hub did not ask
-// for acceptance or the Handler accepts its jobs itself.
+// serveJob runs one job that has a slot, or declines it, before anything
+// else, if none was free (or a gate was closed) when it arrived. It
+// accepts the job first, unless the hub did not ask for acceptance or the
+// Handler accepts its jobs itself.
 func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 	hc, _ := r.Context().Value(hubConnKey{}).(*hubConn)
-	if hc == nil || !hc.accept || !expectsContinue(r) {
+	if hc == nil {
 		w.cfg.Handler.ServeHTTP(rw, r)
 		return
 	}
-	j := &job{w: rw}
+	if !hc.takeSlot() {
+		w.declineFull(rw, r)
+		return
+	}
+	j := &job{w: rw, worker: w, hc: hc}
+	jobs.Store(rw, j)
+	defer func() {
+		jobs.Delete(rw)
+		j.free()
+	}()
+	if !hc.accept || !expectsContinue(r) {
+		w.cfg.Handler.ServeHTTP(rw, r)
+		return
+	}
+	j.auto = !w.lateAccept
 	r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
-	if !w.lateAccept {
+	if j.auto {
 		j.accept()
 	}
 	w.cfg.Handler.ServeHTTP(rw, r)
+}
+
+// declineFull declines a job that arrived when no slot was free or a gate
+// was closed, before it is accepted. A job without a body keeps its
+// connection (the 503 has a length and no "Connection: close"), so that a
+// withdrawn offer that crossed a job costs no redial. One with a body
+// cannot: net/http closes a connection after a response that left an
+// expected body unread, so Decline closes it at once.
+func (w *Worker) declineFull(rw http.ResponseWriter, r *http.Request) {
+	w.log.Debug("no free slot: declining the job", "method", r.Method, "uri", r.RequestURI)
+	if r.ContentLength != 0 {
+		Decline(rw)
+		return
+	}
+	h := rw.Header()
+	h.Set(DeclinedHeader, "1")
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(declinedBody)))
+	h.Set("Cache-Control", "no-store")
+	rw.WriteHeader(http.StatusServiceUnavailable)
+	io.WriteString(rw, declinedBody)
+}
+
+// declined frees the slot of the job w answers, which its handler
+// declines, and logs a Decline of a job that was accepted already: the hub
+// cannot give it to another worker any more and answers 502.
+func declined(w http.ResponseWriter) {
+	for w != nil {
+		if v, ok := jobs.Load(w); ok {
+			j := v.(*job)
+			j.free()
+			if !j.accepted.Load() {
+				return
+			}
+			hint := "call Decline before Accept"
+			if j.auto {
+				hint = "wrap the Handler in worker.AcceptLater to decline jobs"
+			}
+			j.worker.log.Warn("Decline after the job was accepted: the hub answers 502", "hint", hint)
+			return
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return
+		}
+		w = u.Unwrap()
+	}
 }
 
 // expectsContinue reports whether r carries "Expect: 100-continue".

@@ -15,25 +15,30 @@ import (
 // Tunables; variables so that tests may shorten them.
 var (
 	backoffMin       = 100 * time.Millisecond
-	backoffMax       = 10 * time.Second
+	backoffMax       = time.Second
 	dialTimeout      = 30 * time.Second
 	handshakeTimeout = 30 * time.Second
 	// A connection that the hub closes sooner than this without having
 	// sent a job is counted as a failed attempt, so that a hub which
 	// accepts and hangs up at once is not redialled in a tight loop.
 	minHealthyLife = 5 * time.Second
+	// frameWriteTimeout bounds the write of a readiness frame; a hub that
+	// does not take one byte in that time is not reading.
+	frameWriteTimeout = 5 * time.Second
 )
 
-// backoff returns the delay before retry number attempt (0-based):
-// "full jitter", uniformly random in [0, min(backoffMax, backoffMin*2^attempt)).
+// backoff returns the delay before retry number attempt (0-based) of a hub
+// address that does not answer: doubling from backoffMin to backoffMax,
+// jittered within its upper half, so that a hub that comes back has its
+// workers again within backoffMax.
 func backoff(attempt int) time.Duration {
-	ceiling := backoffMax
+	d := backoffMax
 	if attempt < 30 {
-		if d := backoffMin << attempt; d > 0 && d < backoffMax {
-			ceiling = d
+		if s := backoffMin << attempt; s > 0 && s < backoffMax {
+			d = s
 		}
 	}
-	return jitter(ceiling)
+	return d/2 + jitter(d/2)
 }
 
 // jitter returns a random duration in [0, d).
@@ -65,7 +70,7 @@ func newHubListener(w *Worker) *hubListener {
 		closed:  make(chan struct{}),
 		ctx:     ctx,
 		cancel:  cancel,
-		address: hubAddr(w.cfg.Hub),
+		address: hubAddr(w.hubNames()),
 	}
 }
 
@@ -96,58 +101,250 @@ func (l *hubListener) Close() error {
 
 func (l *hubListener) Addr() net.Addr { return l.address }
 
-// hubAddr names the hub as the listener's address.
+// hubAddr names the hubs as the listener's address.
 type hubAddr string
 
 func (a hubAddr) Network() string { return "tcp" }
 func (a hubAddr) String() string  { return string(a) }
 
+// Decisions on a job that arrived, as hubConn.slot holds them.
+const (
+	slotNone    int32 = iota // no job arrived, or its decision was taken
+	slotTaken                // the job has a slot
+	slotRefused              // no slot was free (or a gate was closed): decline it
+)
+
 // hubConn is a connection to the hub, as served by http.Server.
 type hubConn struct {
 	net.Conn
+	w  *Worker
+	ep *endpoint
 	// br holds what was read past the handshake response, which may be
 	// the start of the first job; Read drains it before the socket.
 	// Nil with the pothead protocol.
 	br *bufio.Reader
 
-	// accept: the hub agreed on FeatureAccept in the handshake.
-	accept bool
+	// accept and ready: the hub agreed on FeatureAccept and FeatureReady
+	// in the handshake.
+	accept, ready bool
 
 	released  chan struct{} // closed by the first Close: the slot is free
 	closeOnce sync.Once
 	start     time.Time
 	jobs      atomic.Int64 // requests seen (StateActive transitions)
+
+	// waiting says that the connection carries no job, so that the next
+	// bytes Read returns are a job's arrival (see arrived).
+	waiting atomic.Bool
+	// slot is the decision on the job that arrived last (slotTaken,
+	// slotRefused), until serveJob takes it.
+	slot atomic.Int32
+	// want is the readiness frame the offers want the hub to know.
+	want atomic.Uint32
+
+	wmu sync.Mutex
+	// idle: no job has arrived since the connection last became idle, so
+	// frames may be written. Guarded by wmu, which a frame's write holds,
+	// so that no frame is written once a job has arrived (its response
+	// follows) or begins before a frame written earlier has ended.
+	idle bool
+	// sent is the readiness the hub knows: FrameNotReady after the
+	// handshake and after every response, until a frame says otherwise.
+	sent   byte
+	closed bool
+
+	// listed: the connection is in ep.idle; guarded by the offers' lock.
+	listed bool
 }
 
 func (c *hubConn) Read(p []byte) (int, error) {
+	var n int
+	var err error
 	if c.br != nil && c.br.Buffered() > 0 {
-		return c.br.Read(p)
+		n, err = c.br.Read(p)
+	} else {
+		n, err = c.Conn.Read(p)
 	}
-	return c.Conn.Read(p)
+	if n > 0 && c.waiting.Load() {
+		c.arrived()
+	}
+	return n, err
+}
+
+// arrived records that a job's first bytes came on c: no frame is written
+// from now until its response has ended, and the job takes a slot if one
+// is free.
+func (c *hubConn) arrived() {
+	c.wmu.Lock()
+	if !c.idle {
+		c.wmu.Unlock()
+		return
+	}
+	c.idle = false
+	c.waiting.Store(false)
+	c.wmu.Unlock()
+	c.slot.Store(c.w.offers.arrive(c))
+}
+
+// becomeIdle records that c carries no job any more (after its handshake,
+// or once a response has been written): the hub holds it not ready until
+// a frame says otherwise.
+func (c *hubConn) becomeIdle() {
+	c.wmu.Lock()
+	if c.closed {
+		c.wmu.Unlock()
+		return
+	}
+	c.idle = true
+	c.sent = FrameNotReady
+	c.waiting.Store(true)
+	c.wmu.Unlock()
+	c.w.offers.idle(c)
+}
+
+// takeSlot takes the decision on the job that has arrived on c: whether it
+// has a slot.
+func (c *hubConn) takeSlot() bool {
+	s := c.slot.Swap(slotNone)
+	if s == slotNone {
+		// Its arrival was not seen (bytes already buffered when c
+		// became idle): decide now.
+		s = c.w.offers.arrive(c)
+	}
+	return s == slotTaken
+}
+
+// flush writes the readiness frame the offers want, if the hub does not
+// know it yet and c carries no job.
+func (c *hubConn) flush() {
+	c.wmu.Lock()
+	f := byte(c.want.Load())
+	if !c.ready || !c.idle || c.closed || f == c.sent {
+		c.wmu.Unlock()
+		return
+	}
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(frameWriteTimeout))
+	_, err := c.Conn.Write([]byte{f})
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	if err == nil {
+		c.sent = f
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.Close()
+	}
 }
 
 // Close closes the socket and frees the connection's slot, exactly once.
 func (c *hubConn) Close() error {
 	err := c.Conn.Close()
-	c.closeOnce.Do(func() { close(c.released) })
+	c.closeOnce.Do(func() {
+		c.wmu.Lock()
+		c.closed, c.idle = true, false
+		c.wmu.Unlock()
+		if c.w != nil {
+			c.w.offers.gone(c)
+		}
+		close(c.released)
+	})
 	return err
 }
 
-// slotLoop keeps one connection to the hub open for as long as the listener
-// is: it dials, hands the connection to Accept, waits for it to be closed,
-// and dials again. While the Worker's Health is down it does not dial.
-// Failures are retried with backoff; one that retrying cannot heal, before
-// any handshake has succeeded, is sent to fatal and ends the loop.
-func (w *Worker) slotLoop(l *hubListener, slot int, fatal chan<- error) {
+// redial is what the slots of one hub address share about whether it
+// answers: while it does not, one slot probes it with backoff and the
+// others wait, so that a hub that is down gets one attempt at a time from
+// each worker, not one per slot.
+type redial struct {
+	mu      sync.Mutex
+	down    bool
+	probing bool
+	attempt int
+	delay   time.Duration // before the next probe
+	up      chan struct{} // closed when down ends
+}
+
+// turn waits until the calling slot may dial: at once while the address
+// answers; otherwise when it is the probe (after the backoff delay) or the
+// probe has succeeded. It reports whether the slot is the probe, and false
+// as ok when ctx ends first.
+func (r *redial) turn(ctx context.Context) (probe, ok bool) {
+	for {
+		r.mu.Lock()
+		if !r.down {
+			r.mu.Unlock()
+			return false, true
+		}
+		if !r.probing {
+			r.probing = true
+			d := r.delay
+			r.mu.Unlock()
+			if !sleepCtx(ctx, d) {
+				r.mu.Lock()
+				r.probing = false
+				r.mu.Unlock()
+				return false, false
+			}
+			return true, true
+		}
+		up := r.up
+		r.mu.Unlock()
+		select {
+		case <-up:
+		case <-ctx.Done():
+			return false, false
+		}
+	}
+}
+
+// failed records a failed attempt (or a connection the hub closed at once)
+// and returns the delay before the next probe.
+func (r *redial) failed(probe bool) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.down {
+		r.down, r.attempt, r.up = true, 0, make(chan struct{})
+	}
+	if probe {
+		r.probing = false
+	}
+	if probe || r.delay == 0 {
+		r.delay = backoff(r.attempt)
+		r.attempt++
+	}
+	return r.delay
+}
+
+// succeeded records a handshake that succeeded: every slot may dial.
+func (r *redial) succeeded() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.down {
+		r.down, r.probing, r.attempt, r.delay = false, false, 0, 0
+		close(r.up)
+	}
+}
+
+// slotLoop keeps one connection to a hub address open for as long as the
+// address is wanted: it dials, hands the connection to Accept, waits for
+// it to be closed, and dials again. While the Worker's Health is down it
+// does not dial. Failures are retried with backoff; one that retrying
+// cannot heal, before any handshake has succeeded, is sent to fatal and
+// ends the loop.
+func (w *Worker) slotLoop(l *hubListener, ep *endpoint, slot int, fatal chan<- error) {
 	log := w.log.With("slot", slot)
-	attempt := 0
-	for l.ctx.Err() == nil && !w.stopping.Load() {
-		if w.health != nil && !w.health.waitUp(l.ctx) {
+	ctx := ep.ctx
+	for ctx.Err() == nil && !w.stopping.Load() {
+		if w.health != nil && !w.health.waitUp(ctx) {
 			return
 		}
-		c, err := w.connect(l.ctx)
+		probe, ok := ep.redial.turn(ctx)
+		if !ok {
+			return
+		}
+		c, err := w.connect(ctx, ep)
 		if err != nil {
-			if l.ctx.Err() != nil {
+			if ctx.Err() != nil {
+				ep.redial.failed(probe)
 				return
 			}
 			if !w.everConnected.Load() {
@@ -160,43 +357,47 @@ func (w *Worker) slotLoop(l *hubListener, slot int, fatal chan<- error) {
 					return
 				}
 			}
-			d := backoff(attempt)
-			attempt++
-			attrs := []any{"hub", w.cfg.Hub, "pool", w.cfg.Pool, "err", err, "retry_in", d.Round(time.Millisecond)}
-			if h := w.retryHint(err); h != "" {
+			d := ep.redial.failed(probe)
+			attrs := []any{"hub", ep.name, "address", ep.addr, "pool", w.cfg.Pool, "err", err, "retry_in", d.Round(time.Millisecond)}
+			if h := w.retryHint(err, ep); h != "" {
 				attrs = append(attrs, "hint", h)
 			}
-			log.Warn("cannot connect to hub", attrs...)
-			if !sleepCtx(l.ctx, d) {
-				return
+			// An address of a hub whose other addresses answer (the
+			// IPv6 one of "localhost", say) is not worth a warning.
+			level := slog.LevelWarn
+			if ep.hub.connected.Load() > 0 {
+				level = slog.LevelDebug
 			}
+			log.Log(context.Background(), level, "cannot connect to hub", attrs...)
 			continue
 		}
+		ep.redial.succeeded()
 		w.everConnected.Store(true)
 		w.connected.Add(1)
-		log.Debug("connected", "hub", w.cfg.Hub, "pool", w.cfg.Pool, "local", c.LocalAddr(), "accept", c.accept)
+		ep.hub.connected.Add(1)
+		log.Debug("connected", "hub", ep.name, "address", ep.addr, "pool", w.cfg.Pool, "local", c.LocalAddr(),
+			"accept", c.accept, "ready", c.ready)
 
+		c.becomeIdle()
 		select {
 		case l.conns <- c:
 		case <-l.closed:
 			c.Close()
+		case <-ctx.Done():
+			c.Close()
 		}
 		<-c.released // every path closes c: the server, the drain, or above
 		w.connected.Add(-1)
+		ep.hub.connected.Add(-1)
 		jobs := c.jobs.Load()
 		lived := time.Since(c.start)
-		log.Debug("disconnected", "hub", w.cfg.Hub, "jobs", jobs, "after", lived.Round(time.Millisecond))
+		log.Debug("disconnected", "hub", ep.name, "address", ep.addr, "jobs", jobs, "after", lived.Round(time.Millisecond))
 
-		if jobs > 0 || lived >= minHealthyLife || w.unhealthy() {
-			attempt = 0 // healthy, or closed because the Health is down: no backoff
-			continue
+		if jobs > 0 || lived >= minHealthyLife || w.unhealthy() || ctx.Err() != nil {
+			continue // healthy, or closed on purpose: no backoff
 		}
-		d := backoff(attempt)
-		attempt++
-		log.Debug("hub closed a fresh connection without a job", "retry_in", d.Round(time.Millisecond))
-		if !sleepCtx(l.ctx, d) {
-			return
-		}
+		d := ep.redial.failed(false)
+		log.Debug("hub closed a fresh connection without a job", "hub", ep.name, "retry_in", d.Round(time.Millisecond))
 	}
 }
 
@@ -209,8 +410,8 @@ func (w *Worker) logFatal(log *slog.Logger, err error) {
 	var he *HandshakeError
 	switch {
 	case errors.As(err, &se):
-		log.Error("cannot connect to hub", "hub", w.cfg.Hub, "pool", w.cfg.Pool, "problem", se.Problem.String(), "err", se.Err)
+		log.Error("cannot connect to hub", "hub", w.hubNames(), "pool", w.cfg.Pool, "problem", se.Problem.String(), "err", se.Err)
 	case errors.As(err, &he):
-		log.Error("handshake rejected", "hub", w.cfg.Hub, "pool", w.cfg.Pool, "status", he.Status, "reason", he.Reason)
+		log.Error("handshake rejected", "hub", w.hubNames(), "pool", w.cfg.Pool, "status", he.Status, "reason", he.Reason)
 	}
 }

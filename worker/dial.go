@@ -21,8 +21,9 @@ const maxHandshakeResponse = 16 << 10
 // maxReasonBytes bounds how much of a rejection body is read.
 const maxReasonBytes = 1024
 
-// connect dials the hub and, for ptth, performs the handshake.
-func (w *Worker) connect(ctx context.Context) (*hubConn, error) {
+// connect dials one address of a hub and, for ptth, performs the
+// handshake.
+func (w *Worker) connect(ctx context.Context, ep *endpoint) (*hubConn, error) {
 	nd := &net.Dialer{
 		Timeout: dialTimeout,
 		KeepAliveConfig: net.KeepAliveConfig{
@@ -40,41 +41,48 @@ func (w *Worker) connect(ctx context.Context) (*hubConn, error) {
 	if w.cfg.TLS != nil {
 		var cfg *tls.Config
 		cfg, cr = watchCertRequest(w.cfg.TLS)
+		if cfg.ServerName == "" {
+			// The hub's name, not the address dialled.
+			cfg.ServerName = ep.hub.host
+		}
 		td := &tls.Dialer{NetDialer: nd, Config: cfg}
-		conn, err = td.DialContext(ctx, "tcp", w.cfg.Hub)
+		conn, err = td.DialContext(ctx, "tcp", ep.addr)
 	} else {
-		conn, err = nd.DialContext(ctx, "tcp", w.cfg.Hub)
+		conn, err = nd.DialContext(ctx, "tcp", ep.addr)
 	}
 	if err != nil {
 		return nil, cr.wrap(err)
 	}
-	c := &hubConn{Conn: conn, released: make(chan struct{}), start: time.Now()}
+	c := &hubConn{Conn: conn, w: w, ep: ep, released: make(chan struct{}), start: time.Now()}
 	if w.cfg.Protocol == ProtocolPothead {
 		return c, nil
 	}
-	br, features, err := w.handshake(ctx, conn)
+	sent := time.Now()
+	br, features, err := w.handshake(ctx, conn, ep.name)
 	if err != nil {
 		conn.Close()
 		// In TLS 1.3 the hub judges the client certificate after the
 		// client's side of the TLS handshake: its verdict comes here.
 		return nil, cr.wrap(err)
 	}
+	ep.noteRTT(time.Since(sent))
 	c.br = br
 	c.accept = hasFeature(features, FeatureAccept)
+	c.ready = hasFeature(features, FeatureReady)
 	return c, nil
 }
 
 // handshake sends the PTTH upgrade request and reads the hub's answer. It
 // returns the reader holding any bytes that followed the 101 response, and
 // the 101's headers, which list the features the hub agreed on.
-func (w *Worker) handshake(ctx context.Context, conn net.Conn) (*bufio.Reader, http.Header, error) {
+func (w *Worker) handshake(ctx context.Context, conn net.Conn, host string) (*bufio.Reader, http.Header, error) {
 	conn.SetDeadline(time.Now().Add(handshakeTimeout))
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "GET /%s HTTP/1.1\r\n", url.PathEscape(w.cfg.Pool))
-	fmt.Fprintf(&b, "Host: %s\r\n", w.cfg.Hub)
+	fmt.Fprintf(&b, "Host: %s\r\n", host)
 	b.WriteString("Connection: Upgrade\r\n")
 	b.WriteString("Upgrade: " + UpgradeToken + "\r\n")
 	if w.cfg.Token != "" {
@@ -83,7 +91,7 @@ func (w *Worker) handshake(ctx context.Context, conn net.Conn) (*bufio.Reader, h
 	if w.cfg.Name != "" {
 		fmt.Fprintf(&b, "%s: %s\r\n", WorkerHeader, w.cfg.Name)
 	}
-	fmt.Fprintf(&b, "%s: %s\r\n", FeaturesHeader, FeatureAccept)
+	fmt.Fprintf(&b, "%s: %s, %s\r\n", FeaturesHeader, FeatureAccept, FeatureReady)
 	b.WriteString("\r\n")
 	if _, err := io.WriteString(conn, b.String()); err != nil {
 		return nil, nil, fmt.Errorf("sending handshake: %w", err)

@@ -25,6 +25,7 @@ import (
 // net/http first drain or wait for a request body it will not use. The
 // slot is redialled at once.
 func Decline(w http.ResponseWriter) {
+	declined(w)
 	h := w.Header()
 	h.Set(DeclinedHeader, "1")
 	h.Set("Content-Type", "text/plain; charset=utf-8")

@@ -163,14 +163,14 @@ func remoteAlert(err error) (tls.AlertError, bool) {
 
 // retryHint says what a failure that is retried may mean, where crypto/tls
 // is terse; "" if there is nothing to add.
-func (w *Worker) retryHint(err error) string {
+func (w *Worker) retryHint(err error, ep *endpoint) string {
 	if w.cfg.TLS == nil {
 		return ""
 	}
 	if a, ok := remoteAlert(err); ok && a == alertInternalError {
 		name := w.cfg.TLS.ServerName
 		if name == "" {
-			name, _, _ = net.SplitHostPort(w.cfg.Hub)
+			name = ep.hub.host
 		}
 		return "the hub may have no certificate for " + name + " (yet)"
 	}

@@ -42,4 +42,24 @@ const (
 	// before it, cleanly, never started the job, so the hub may give the
 	// job to another worker.
 	FeatureAccept = "accept"
+	// FeatureReady: the worker tells the hub, on a connection that
+	// carries no job, whether it is ready for one, with readiness frames
+	// (FrameReady, FrameNotReady). The connection starts not ready, and
+	// is not ready again after every response until the worker says so;
+	// the hub sends jobs only to ready connections. A worker connected to
+	// several hubs, or one whose gates close, takes an offer back without
+	// closing the connection.
+	FeatureReady = "ready"
+)
+
+// Readiness frames: single bytes a worker sends, with FeatureReady, only
+// while its connection carries no job (after the 101, and after the last
+// byte of a response). The last one sent counts. Neither can begin an
+// HTTP response, so a hub that reads one where a response may begin knows
+// it for a frame sent before the worker read the job.
+const (
+	// FrameReady offers the connection for one job.
+	FrameReady byte = '+'
+	// FrameNotReady withdraws the offer.
+	FrameNotReady byte = '-'
 )

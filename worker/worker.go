@@ -30,6 +30,19 @@
 // nothing changes: net/http answers "100 Continue" when the Handler first
 // reads the body.
 //
+// # Several hubs, readiness and gates
+//
+// A Worker may serve several hubs ([Config.Hubs]; a host name with several
+// addresses counts as one hub per address, resolved again every
+// [Config.ResolveInterval]). It holds Slots connections to each address
+// and runs at most Slots jobs in all. With hubs that agree on the "ready"
+// feature it offers each free slot with a readiness frame, to one hub
+// first and then, unused, to all of them, and takes an offer back when the
+// slot is taken or a gate ([Config.Gate]) closes, without closing the
+// connection; a job that arrives when no slot is free is declined before
+// it is accepted (see offers.go for the policy and the README for the
+// wire format).
+//
 // # Health
 //
 // A Worker whose [Config.Health] (or its Handler's, as a Forwarder's) is
@@ -65,11 +78,24 @@ import (
 // DefaultDrainTimeout is used when [Config.DrainTimeout] is zero.
 const DefaultDrainTimeout = 30 * time.Second
 
-// Config describes a worker. Hub and Handler are required, and so is Pool
-// with the ptth protocol.
+// Config describes a worker. Hub (or Hubs) and Handler are required, and
+// so is Pool with the ptth protocol.
 type Config struct {
 	// Hub is host:port of the hub's worker listener.
 	Hub string
+	// Hubs are more hubs (host:port each) to serve, beside Hub: the worker
+	// holds connections to all of them and takes jobs from any. A host
+	// name that resolves to several addresses counts as one hub per
+	// address.
+	Hubs []string
+	// ResolveInterval is how often host names in Hub and Hubs are
+	// resolved again: addresses that appear are joined, and those that
+	// vanish are left once their connections are idle. Zero means
+	// DefaultResolveInterval.
+	ResolveInterval time.Duration
+	// LookupHost resolves hub host names to addresses. Nil means
+	// net.DefaultResolver.LookupHost.
+	LookupHost func(ctx context.Context, host string) ([]string, error)
 	// Pool is the pool to join; it is path-escaped into the handshake
 	// request target ("GET /<pool>"). Unused with the pothead protocol.
 	Pool string
@@ -78,9 +104,22 @@ type Config struct {
 	// Name is sent in the Reverse-Http-Worker handshake header. Empty means
 	// the host name; "-" sends no header.
 	Name string
-	// Slots is how many connections the worker holds, that is how many
-	// jobs it runs at once. Zero means 1.
+	// Slots is how many jobs the worker runs at once, across all hubs.
+	// It holds that many connections to each hub address, so that any
+	// hub may have all of its slots. Zero means 1.
 	Slots int
+	// Gate, if not nil, says whether the worker may take one more job
+	// now: nil means yes, an error why not. While a slot is free the
+	// Worker asks it every GateInterval, offers the hubs at most one
+	// slot at a time while it says yes, and withdraws the offer when it
+	// says no; after a job takes the slot, the next offer waits for its
+	// next answer. Its context carries a timeout of GateInterval or 1 s,
+	// whichever is longer. See [AllGates], [NewCPUGate],
+	// [NewMemoryGate] and [NewURLGate].
+	Gate func(ctx context.Context) error
+	// GateInterval is how often Gate is asked. Zero means
+	// DefaultGateInterval.
+	GateInterval time.Duration
 	// Protocol is ProtocolPTTH (the default when empty) or ProtocolPothead.
 	Protocol string
 	// TLS, if not nil, makes the worker dial with TLS. An empty ServerName
@@ -135,6 +174,9 @@ type Worker struct {
 	log        *slog.Logger
 	health     *Health // nil: the Handler cannot be unhealthy
 	lateAccept bool    // the Handler accepts its jobs itself
+	hubs       []*hub
+	offers     *offers
+	tracker    *connTracker
 
 	connected     atomic.Int64 // handshaken connections not yet closed
 	everConnected atomic.Bool  // a handshake has succeeded at least once
@@ -153,11 +195,33 @@ func Run(ctx context.Context, cfg Config) error {
 
 // New checks cfg, fills in defaults and returns a Worker ready to Run.
 func New(cfg Config) (*Worker, error) {
-	if cfg.Hub == "" {
+	var hubs []*hub
+	seen := make(map[string]bool)
+	for _, s := range append([]string{cfg.Hub}, cfg.Hubs...) {
+		if s == "" || seen[s] {
+			continue
+		}
+		seen[s] = true
+		h, err := parseHub(s)
+		if err != nil {
+			return nil, err
+		}
+		hubs = append(hubs, h)
+	}
+	if len(hubs) == 0 {
 		return nil, errors.New("worker: no hub address")
 	}
-	if _, _, err := net.SplitHostPort(cfg.Hub); err != nil {
-		return nil, fmt.Errorf("worker: hub address %q: %w", cfg.Hub, err)
+	if cfg.ResolveInterval < 0 || cfg.GateInterval < 0 {
+		return nil, errors.New("worker: negative resolve or gate interval")
+	}
+	if cfg.ResolveInterval == 0 {
+		cfg.ResolveInterval = DefaultResolveInterval
+	}
+	if cfg.GateInterval == 0 {
+		cfg.GateInterval = DefaultGateInterval
+	}
+	if cfg.LookupHost == nil {
+		cfg.LookupHost = net.DefaultResolver.LookupHost
 	}
 	if cfg.Handler == nil {
 		return nil, errors.New("worker: no handler")
@@ -199,7 +263,8 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	w := &Worker{cfg: cfg, log: cfg.Logger, health: cfg.Health}
+	w := &Worker{cfg: cfg, log: cfg.Logger, health: cfg.Health, hubs: hubs}
+	w.offers = newOffers(w, cfg.Slots, cfg.Gate != nil)
 	if w.health == nil {
 		if hh, ok := cfg.Handler.(interface{ Health() *Health }); ok {
 			w.health = hh.Health()
@@ -221,12 +286,14 @@ func validHeaderValue(v string) bool {
 // now, idle or busy.
 func (w *Worker) Connected() int { return int(w.connected.Load()) }
 
-// Run holds Slots connections to the hub and serves jobs on them until ctx is
-// done. Then it drains: it stops dialling, closes idle connections at once,
-// lets running jobs finish for up to DrainTimeout (their responses carry
-// "Connection: close"), closes whatever is left, and returns nil.
+// Run holds Slots connections to every hub address and serves jobs on them,
+// at most Slots at once, until ctx is done. Then it drains: it stops
+// dialling, closes idle connections at once, lets running jobs finish for
+// up to DrainTimeout (their responses carry "Connection: close"), closes
+// whatever is left, and returns nil.
 //
-// Failures to connect are logged and retried with exponential backoff.
+// Failures to connect are logged and retried with exponential backoff,
+// one attempt at a time per hub address.
 // Until a first handshake succeeds, a mistake that retrying cannot heal ends
 // Run at once: a rejection with 400, 401, 403 or 404 returns a
 // *HandshakeError, and a TLS setting that does not fit the hub's returns a
@@ -237,6 +304,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	l := newHubListener(w)
 	t := &connTracker{conns: make(map[net.Conn]http.ConnState), health: w.health}
+	w.tracker = t
 	srv := &http.Server{
 		Handler:   http.HandlerFunc(w.serveJob),
 		ConnState: t.hook,
@@ -251,11 +319,14 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	fatal := make(chan error, 1)
 	var slots sync.WaitGroup
-	for i := range w.cfg.Slots {
-		slots.Go(func() { w.slotLoop(l, i, fatal) })
-	}
+	hs := &hubSet{w: w, l: l, hubs: w.hubs, lookup: w.cfg.LookupHost, interval: w.cfg.ResolveInterval,
+		fatal: fatal, slots: &slots, eps: make(map[string]*endpoint)}
+	slots.Go(hs.run)
 	if w.health != nil {
 		slots.Go(func() { w.watchHealth(l.ctx, t) })
+	}
+	if w.cfg.Gate != nil {
+		slots.Go(func() { w.pollGate(l.ctx) })
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
@@ -263,7 +334,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	var runErr error
 	select {
 	case <-ctx.Done():
-		w.log.Info("draining", "hub", w.cfg.Hub, "pool", w.cfg.Pool,
+		w.log.Info("draining", "hub", w.hubNames(), "pool", w.cfg.Pool,
 			"connected", w.Connected(), "busy", t.count(http.StateActive),
 			"drain_timeout", w.cfg.DrainTimeout)
 	case runErr = <-fatal:
@@ -293,7 +364,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-served
 	slots.Wait()
 	if runErr == nil {
-		w.log.Info("drained", "hub", w.cfg.Hub, "pool", w.cfg.Pool)
+		w.log.Info("drained", "hub", w.hubNames(), "pool", w.cfg.Pool)
 	}
 	return runErr
 }
@@ -310,7 +381,8 @@ type connTracker struct {
 }
 
 func (t *connTracker) hook(c net.Conn, s http.ConnState) {
-	if hc, ok := c.(*hubConn); ok && s == http.StateActive {
+	hc, _ := c.(*hubConn)
+	if hc != nil && s == http.StateActive {
 		hc.jobs.Add(1)
 	}
 	t.mu.Lock()
@@ -321,9 +393,30 @@ func (t *connTracker) hook(c net.Conn, s http.ConnState) {
 		t.conns[c] = s
 	}
 	closeNow := (s == http.StateNew || s == http.StateIdle) &&
-		(t.draining || t.health != nil && t.health.Err() != nil)
+		(t.draining || t.health != nil && t.health.Err() != nil || hc != nil && hc.ep.ctx.Err() != nil)
 	t.mu.Unlock()
-	if closeNow {
+	switch {
+	case closeNow:
+		c.Close()
+	case hc != nil && s == http.StateIdle:
+		// The response has been written: the connection may be offered
+		// again.
+		hc.becomeIdle()
+	}
+}
+
+// closeIdleOf closes the new and idle connections to ep, which the worker
+// leaves; the hook closes busy ones when their job ends.
+func (t *connTracker) closeIdleOf(ep *endpoint) {
+	var idle []net.Conn
+	t.mu.Lock()
+	for c, s := range t.conns {
+		if hc, ok := c.(*hubConn); ok && hc.ep == ep && (s == http.StateNew || s == http.StateIdle) {
+			idle = append(idle, c)
+		}
+	}
+	t.mu.Unlock()
+	for _, c := range idle {
 		c.Close()
 	}
 }

@@ -191,6 +191,14 @@ func (s *hubSide) read(t *testing.T, req *http.Request) (*http.Response, string)
 	t.Helper()
 	s.c.SetReadDeadline(time.Now().Add(waitLimit))
 	defer s.c.SetReadDeadline(time.Time{})
+	// As a hub does, pass over readiness frames sent before the job.
+	for {
+		b, err := s.br.Peek(1)
+		if err != nil || (b[0] != FrameReady && b[0] != FrameNotReady) {
+			break
+		}
+		s.br.Discard(1)
+	}
 	resp, err := http.ReadResponse(s.br, req)
 	if err != nil {
 		t.Fatalf("reading response: %v", err)
@@ -345,7 +353,7 @@ func TestHandshakeHeaders(t *testing.T) {
 		"Upgrade":             "PTTH/1.0",
 		"Authorization":       "Bearer s3cret",
 		"Reverse-Http-Worker": "w-1",
-		FeaturesHeader:        FeatureAccept,
+		FeaturesHeader:        FeatureAccept + ", " + FeatureReady,
 	} {
 		if got := hs.Header.Get(k); got != want {
 			t.Errorf("%s: %q, want %q", k, got, want)
@@ -674,8 +682,8 @@ func TestBackoff(t *testing.T) {
 	for attempt := range 40 {
 		ceiling := min(backoffMin<<min(attempt, 20), backoffMax)
 		for range 20 {
-			if d := backoff(attempt); d < 0 || d >= ceiling {
-				t.Fatalf("backoff(%d) = %v, want in [0, %v)", attempt, d, ceiling)
+			if d := backoff(attempt); d < ceiling/2 || d >= ceiling {
+				t.Fatalf("backoff(%d) = %v, want in [%v, %v)", attempt, d, ceiling/2, ceiling)
 			}
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,13 +30,15 @@ func main() {
 
 // options are the parsed command line.
 type options struct {
-	hub, pool, upstream, token, name, protocol string
-	slots                                      int
-	useTLS                                     bool
-	ca, cert, key, serverName                  string
-	drainTimeout                               time.Duration
-	logLevel                                   slog.Level
-	jobs                                       jobFlags
+	hubs                                  []string
+	pool, upstream, token, name, protocol string
+	slots                                 int
+	useTLS                                bool
+	ca, cert, key, serverName             string
+	drainTimeout, resolveInterval         time.Duration
+	logLevel                              slog.Level
+	jobs                                  jobFlags
+	gates                                 gateOptions
 }
 
 // errUsage marks errors for which usage has already been reported.
@@ -46,11 +49,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	var o options
 	fs := flag.NewFlagSet(progName, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.hub, "hub", "", "`HOST:PORT` of the hub's worker listener (required)")
+	fs.Func("hub", "`HOST:PORT` of a hub's worker listener (required; may repeat, and a name that resolves to several addresses counts each)", func(s string) error {
+		o.hubs = append(o.hubs, s)
+		return nil
+	})
+	fs.DurationVar(&o.resolveInterval, "resolve-interval", worker.DefaultResolveInterval, "how often hub host names are resolved again")
 	fs.StringVar(&o.pool, "pool", "", "`NAME` of the pool to join (required with --protocol ptth)")
 	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080 (or --exec, or --cgi)")
 	o.jobs.register(fs)
-	fs.IntVar(&o.slots, "slots", 1, "`N` connections to hold, i.e. jobs run at once")
+	fs.IntVar(&o.slots, "slots", 1, "`N` jobs run at once, across all hubs (it holds N connections to each hub address)")
+	o.gates.addFlags(fs)
 	fs.StringVar(&o.token, "token", "", "bearer `TOKEN` for the handshake (default $REVERSE_HTTP_TOKEN)")
 	fs.StringVar(&o.name, "name", "", "worker `NAME` sent to the hub (default the host name)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", worker.DefaultDrainTimeout, "how long running jobs may take to finish on SIGTERM/SIGINT")
@@ -66,9 +74,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
        %s --hub HOST:PORT --pool NAME --exec 'COMMAND ARGS' [flags]
        %s --hub HOST:PORT --pool NAME --cgi SCRIPT [flags]
 
-%s dials in to a reverse HTTP hub, holds --slots connections to it,
-and forwards every job (HTTP request) the hub sends on them to --upstream,
-or runs --exec's command or --cgi's script for it in a process of its own.
+%s dials in to one or more reverse HTTP hubs, holds --slots
+connections to each, and forwards the jobs (HTTP requests) the hubs send
+on them to --upstream, or runs --exec's command or --cgi's script for each
+in a process of its own: --slots at a time across all hubs, and only while
+the gates (--max-cpu, --min-free-memory, --gate-url) allow one more.
 On SIGTERM or SIGINT it stops taking jobs, lets running ones finish for up
 to --drain-timeout, and exits 0. It exits 1, with the reason and a hint,
 when its first connection shows a mistake that retrying cannot heal (a
@@ -97,7 +107,7 @@ Flags:
 		o.token = os.Getenv("REVERSE_HTTP_TOKEN")
 	}
 	switch {
-	case o.hub == "":
+	case len(o.hubs) == 0:
 		return fail("--hub is required")
 	case o.protocol != worker.ProtocolPTTH && o.protocol != worker.ProtocolPothead:
 		return fail("--protocol must be %s or %s, not %q", worker.ProtocolPTTH, worker.ProtocolPothead, o.protocol)
@@ -107,6 +117,8 @@ Flags:
 		return fail("--slots must be at least 1")
 	case o.drainTimeout <= 0:
 		return fail("--drain-timeout must be positive")
+	case o.resolveInterval <= 0:
+		return fail("--resolve-interval must be positive")
 	case (o.cert == "") != (o.key == ""):
 		return fail("--cert and --key go together")
 	case !o.useTLS && (o.ca != "" || o.cert != "" || o.serverName != ""):
@@ -115,8 +127,13 @@ Flags:
 	if msg := o.jobs.check(o.upstream); msg != "" {
 		return fail("%s", msg)
 	}
-	if _, _, err := net.SplitHostPort(o.hub); err != nil {
-		return fail("--hub %q: want HOST:PORT", o.hub)
+	for _, h := range o.hubs {
+		if host, _, err := net.SplitHostPort(h); err != nil || host == "" {
+			return fail("--hub %q: want HOST:PORT", h)
+		}
+	}
+	if msg := o.gates.check(); msg != "" {
+		return fail("%s", msg)
 	}
 	if u, err := url.Parse(o.upstream); o.upstream != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
 		return fail("--upstream %q: want an http:// or https:// URL", o.upstream)
@@ -129,11 +146,9 @@ func (o *options) tlsConfig() (*tls.Config, error) {
 	if !o.useTLS {
 		return nil, nil
 	}
+	// Without --server-name each hub's certificate is checked against the
+	// host of its --hub.
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.serverName}
-	if cfg.ServerName == "" {
-		host, _, _ := net.SplitHostPort(o.hub)
-		cfg.ServerName = host
-	}
 	if o.ca != "" {
 		pem, err := os.ReadFile(o.ca)
 		if err != nil {
@@ -175,17 +190,25 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
 		return 2
 	}
+	gate, err := o.gates.gate()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		return 2
+	}
 	cfg := worker.Config{
-		Hub:          o.hub,
-		Pool:         o.pool,
-		Token:        o.token,
-		Name:         o.name,
-		Slots:        o.slots,
-		Protocol:     o.protocol,
-		TLS:          tlsCfg,
-		DrainTimeout: o.drainTimeout,
-		Handler:      jobs.handler,
-		Logger:       logger,
+		Hubs:            o.hubs,
+		ResolveInterval: o.resolveInterval,
+		Gate:            gate,
+		GateInterval:    o.gates.interval,
+		Pool:            o.pool,
+		Token:           o.token,
+		Name:            o.name,
+		Slots:           o.slots,
+		Protocol:        o.protocol,
+		TLS:             tlsCfg,
+		DrainTimeout:    o.drainTimeout,
+		Handler:         jobs.handler,
+		Logger:          logger,
 	}
 	w, err := worker.New(cfg)
 	if err != nil {
@@ -195,8 +218,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	logger.Info("starting", append([]any{"hub", o.hub, "pool", o.pool, "slots", o.slots},
-		append(jobs.attrs, "protocol", o.protocol, "tls", o.useTLS)...)...)
+	logger.Info("starting", append([]any{"hub", strings.Join(o.hubs, ","), "pool", o.pool, "slots", o.slots},
+		append(jobs.attrs, "protocol", o.protocol, "tls", o.useTLS, "gates", o.gates.String())...)...)
 	logged := make(chan struct{})
 	go func() {
 		defer close(logged)
