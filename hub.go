@@ -36,6 +36,7 @@ type Pool struct {
 	limits   poolLimits
 	draining bool // no new requests; set on shutdown or removal
 	logger   *zap.Logger
+	obs      *poolObs // what operators see of it (observe.go)
 }
 
 // poolLimits are the limits a config sets on a pool.
@@ -50,14 +51,20 @@ type poolLimits struct {
 	// handshake that passed an older config's listener during a reload
 	// cannot keep a credential the new one withdrew. Nil admits all.
 	admits func(admission) bool
+	// unobserved turns off the per-request metrics, placeholders and log
+	// fields, so that a benchmark can measure what they cost; no config
+	// sets it.
+	unobserved bool
 }
 
 func newPool(name string) *Pool {
-	return &Pool{
+	p := &Pool{
 		name:   name,
 		conns:  make(map[*workerConn]struct{}),
 		logger: zap.NewNop(),
 	}
+	p.obs = newPoolObs(p)
+	return p
 }
 
 // configure applies limits from a (re)loaded config to the live pool.
@@ -98,8 +105,9 @@ func (p *Pool) Stats() PoolStats {
 
 // waiter is a request waiting for a connection.
 type waiter struct {
-	node node[*waiter]
-	ch   chan *workerConn // receives the connection, or nil on drain
+	node  node[*waiter]
+	ch    chan *workerConn // receives the connection, or nil on drain
+	since time.Time        // when it joined the queue
 }
 
 // acquire returns a worker connection for a request, waiting in the queue
@@ -122,6 +130,8 @@ func (p *Pool) acquire(ctx context.Context, deadline time.Time, head bool, avoid
 		}
 		// The worker hung up while nobody looked: nothing was written,
 		// and the request, still the oldest, tries the next connection.
+		c.leavingIdle(err)
+		p.obs.requeues[requeueStale].Add(1)
 		p.release(c, false)
 		p.logDropped(c, err)
 		head = true
@@ -145,7 +155,7 @@ func (p *Pool) take(ctx context.Context, deadline time.Time, head bool, avoid []
 		p.mu.Unlock()
 		return nil, errQueueFull
 	}
-	w := &waiter{ch: make(chan *workerConn, 1)}
+	w := &waiter{ch: make(chan *workerConn, 1), since: time.Now()}
 	w.node.val = w
 	if head {
 		p.waiting.pushFront(&w.node)
@@ -223,7 +233,7 @@ func (p *Pool) put(c *workerConn) {
 	if _, ok := p.conns[c]; !ok || p.draining || c.retired {
 		p.forget(c)
 		p.mu.Unlock()
-		c.close()
+		c.closeWith(errPoolClosed) // a retired connection's cause came first
 		return
 	}
 	if w, ok := p.waiting.popFront(); ok {
@@ -271,8 +281,15 @@ func (p *Pool) add(conn net.Conn, br *bufio.Reader, info workerInfo) {
 			zap.String("remote", conn.RemoteAddr().String()), zap.String("worker", info.name))
 		return
 	}
+	held, ok := p.obs.joinLocked(c)
+	if !ok {
+		p.mu.Unlock()
+		conn.Close() // its worker is drained
+		return
+	}
 	p.conns[c] = struct{}{}
 	p.mu.Unlock()
+	p.obs.joined(c, held)
 	c.polled = c.pollIdle()
 	p.put(c)
 }
@@ -287,6 +304,9 @@ func (p *Pool) release(c *workerConn, reuse bool) {
 		c.detachReader()
 		p.put(c)
 		return
+	}
+	if extra {
+		c.leaving(errBeyondResponse)
 	}
 	p.mu.Lock()
 	p.forget(c)
@@ -319,6 +339,7 @@ func (p *Pool) dropIdle(c *workerConn, err error) bool {
 	}
 	p.forget(c)
 	p.mu.Unlock()
+	c.leavingIdle(err)
 	c.close()
 	p.logDropped(c, err)
 	return true
@@ -351,7 +372,7 @@ func (p *Pool) drain() {
 	}
 	p.mu.Unlock()
 	for _, c := range idle {
-		c.close()
+		c.closeWith(errPoolClosed)
 	}
 }
 

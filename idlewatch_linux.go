@@ -260,13 +260,14 @@ func (p *Pool) checkIdle(c *workerConn) {
 	}
 	p.forget(c)
 	p.mu.Unlock()
-	c.close()
 	switch {
 	case n > 0:
 		err = errOutOfTurn
 	case err == nil:
 		err = errHungUp
 	}
+	c.leavingIdle(err)
+	c.close()
 	p.logDropped(c, err)
 }
 
@@ -275,6 +276,7 @@ func (p *Pool) checkIdle(c *workerConn) {
 func (p *Pool) checkTLS(c *workerConn) {
 	_ = c.unwatch()
 	if err := c.readTLSRecord(tlsCheckTimeout); err != nil {
+		c.leavingIdle(err)
 		p.release(c, false)
 		p.logDropped(c, err)
 		return

@@ -95,6 +95,8 @@ type workerConn struct {
 	src connSource
 
 	closeOnce sync.Once
+
+	obs connObs // what operators see of it (workers.go)
 }
 
 func newWorkerConn(p *Pool, conn net.Conn, info workerInfo) *workerConn {
@@ -154,6 +156,7 @@ func (c *workerConn) close() {
 		// its descriptor cannot yet belong to another connection.
 		c.unpoll()
 		c.conn.Close()
+		c.pool.obs.left(c)
 	})
 }
 
@@ -162,6 +165,9 @@ func (c *workerConn) close() {
 var (
 	errHungUp    = errors.New("worker closed the connection")
 	errOutOfTurn = errors.New("worker sent data nobody asked for")
+	// errBeyondResponse: data, or what is not a frame, right behind a
+	// response.
+	errBeyondResponse = errors.New("worker sent more than its response")
 )
 
 // watchLocked starts watching c, which has just become idle. p.mu is held:

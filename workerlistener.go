@@ -227,6 +227,7 @@ func (wl *workerListener) serve() {
 			// timeout; past the cap a connection costs only its accept.
 			wl.handshakes.Add(-1)
 			conn.Close()
+			wl.countHandshake("", resultOverCapacity)
 			n := wl.refused.Add(1)
 			wl.sampled.Warn("over_capacity", "too many worker handshakes in progress; closed a connection",
 				zap.String("remote", conn.RemoteAddr().String()), zap.Int("max_handshakes", wl.maxHandshakes), zap.Int64("refused_total", n))
@@ -289,6 +290,7 @@ func (wl *workerListener) tlsFailed(conn net.Conn, remote string, err error) {
 			"this worker listener requires TLS, but the worker sent a plaintext request: dial it with TLS"))
 		return
 	}
+	wl.countHandshake("", tlsFailure(err))
 	wl.sampled.Warn("tls_failed", "worker TLS handshake failed", zap.String("remote", remote), zap.Error(err))
 	conn.Close()
 }
@@ -300,6 +302,10 @@ func (wl *workerListener) upgrade(conn net.Conn, br *bufio.Reader, remote string
 	wl.mu.Unlock()
 	if closed {
 		wl.reject(conn, remote, hs.pool, reject(http.StatusServiceUnavailable, "the hub is reloading its configuration; dial again"))
+		return
+	}
+	if rej := drainedRejection(conn, entry, hs.worker); rej != nil {
+		wl.reject(conn, remote, hs.pool, rej)
 		return
 	}
 	resp := &http.Response{
@@ -344,6 +350,7 @@ const rejectLinger = 500 * time.Millisecond
 
 // reject answers a handshake with rej and closes the connection.
 func (wl *workerListener) reject(conn net.Conn, remote, pool string, rej *rejection) {
+	wl.countHandshake(pool, rej.result())
 	wl.sampled.Warn("rejected", "worker handshake rejected",
 		zap.String("remote", remote), zap.String("pool", pool), zap.Int("status", rej.status), zap.String("reason", rej.reason))
 	resp := &http.Response{
