@@ -79,9 +79,9 @@ func TestAdminAPI(t *testing.T) {
 
 	// Two jobs run, a third waits.
 	first := send(h, ctx, "/1/block")
+	wantStarted(t, b, "/1/block")
 	second := send(h, ctx, "/2/block")
-	<-b.started
-	<-b.started
+	wantStarted(t, b, "/2/block")
 	third := send(h, ctx, "/3/block")
 	waitFor(t, "a request waiting", func() bool { return p.Stats().Waiting == 1 })
 
@@ -112,9 +112,10 @@ func TestAdminAPI(t *testing.T) {
 		w.Connections != 2 || w.Busy != 2 || w.Idle != 0 || w.ConnectedSince == nil || w.Drained {
 		t.Errorf("worker: %+v", w)
 	}
-	for range 3 {
-		b.release <- struct{}{}
-	}
+	b.release <- struct{}{}
+	b.release <- struct{}{}
+	wantStarted(t, b, "/3/block")
+	b.release <- struct{}{}
 	for _, ch := range []<-chan int{first, second, third} {
 		wantStatus(t, "job", ch, http.StatusOK)
 	}
@@ -149,7 +150,7 @@ func TestAdminAPI(t *testing.T) {
 	// Drain while a job runs: the idle connection closes at once, the
 	// busy one after its job, which completes; redials are refused.
 	running := send(h, ctx, "/4/block")
-	<-b.started
+	wantStarted(t, b, "/4/block")
 	status, body = adminCall(t, h, http.MethodPost, "/reverse_http/pools/jobs/workers/test-worker/drain")
 	if status != http.StatusOK || !strings.Contains(body, `"connections_closing":2`) {
 		t.Fatalf("drain: %d %s", status, body)

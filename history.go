@@ -74,11 +74,11 @@ func (o *poolObs) samples() []sample {
 	return out
 }
 
-// startSampling samples the app's pools every historyInterval until
-// stopSampling.
+// startSampling samples the app's pools every historyInterval until Stop
+// closes a.sampling, which Provision made. (Caddy copies the App when an
+// event names it as its origin, so no field changes once it has started.)
 func (a *App) startSampling() {
-	stop := make(chan struct{})
-	a.sampling = stop
+	stop := a.sampling
 	pools := make([]*Pool, 0, len(a.pools))
 	for _, name := range sortedKeys(a.pools) {
 		pools = append(pools, a.pools[name])
@@ -97,11 +97,4 @@ func (a *App) startSampling() {
 			}
 		}
 	}()
-}
-
-func (a *App) stopSampling() {
-	if a.sampling != nil {
-		close(a.sampling)
-		a.sampling = nil
-	}
 }

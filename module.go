@@ -61,7 +61,7 @@ type App struct {
 	onStarted bool
 	claimed   []string // addresses claimed in listening
 	events    *caddyevents.App
-	sampling  chan struct{} // closed to stop sampling the pools' history
+	sampling  chan struct{} // closed by Stop: the pools' history is no longer sampled
 }
 
 // PoolConfig configures one pool.
@@ -162,6 +162,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.stopOnce = new(sync.Once)
+	a.sampling = make(chan struct{})
 	// The pools exist before anything below may provision the http app,
 	// whose handlers look their pool up in this app.
 	a.pools = make(map[string]*Pool, len(a.Pools))
@@ -459,7 +460,7 @@ func (a *App) Stop() error {
 	for _, wl := range a.listeners {
 		wl.stop()
 	}
-	a.stopSampling()
+	close(a.sampling)
 	a.drainUnusedPools()
 	return nil
 }

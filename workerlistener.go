@@ -258,9 +258,8 @@ func (wl *workerListener) handshake(conn net.Conn) {
 		_ = conn.SetDeadline(time.Time{})
 		// A POTHEAD worker's server answers 100 Continue before it calls
 		// the app: its 100 means what the accept feature's does.
-		if wl.admit(wl.bare, conn, nil, workerInfo{features: features{accept: true}, admission: adm}) {
-			wl.logger.Debug("worker connected", zap.String("pool", wl.bare.pool.name), zap.String("remote", remote))
-		}
+		// The pool logs the connection's arrival.
+		wl.admit(wl.bare, conn, nil, workerInfo{features: features{accept: true}, admission: adm})
 		return
 	}
 
@@ -325,9 +324,7 @@ func (wl *workerListener) upgrade(conn net.Conn, br *bufio.Reader, remote string
 	if tok := bearerToken(hs.authz); tok != "" {
 		adm.token = []byte(tok)
 	}
-	if wl.admit(entry, conn, br, workerInfo{name: hs.worker, features: hs.features, admission: adm}) {
-		wl.logger.Debug("worker connected", zap.String("pool", hs.pool), zap.String("remote", remote), zap.String("worker", hs.worker))
-	}
+	wl.admit(entry, conn, br, workerInfo{name: hs.worker, features: hs.features, admission: adm})
 }
 
 // admit hands conn to entry's pool unless the listener has closed its

@@ -20,7 +20,9 @@ type workerRecord struct {
 	conns    int       // connections held now
 	since    time.Time // when it last went from none to one
 	lastSeen time.Time // when it last went to none; zero while it holds one
-	redialed time.Time // when one of its connections last closed after its job
+	// routine says that its latest connection to leave closed after its
+	// job, as POTHEAD's do after every job.
+	routine bool
 
 	jobs     atomic.Uint64 // requests it answered
 	failures atomic.Uint64 // requests it took and failed (502, 504)
@@ -33,15 +35,18 @@ const (
 	maxGoneWorkers = 256
 )
 
-// redialQuiet is how soon after a connection closed after its job a new
-// one of the same worker counts as its redial: both are logged at debug
-// level and announce no event, or a POTHEAD worker would log two lines per
-// job.
+// Which comings and goings are news, logged at info level and announced
+// as events (the others are logged at debug level): a worker's first
+// connection, and any connection that leaves for a reason other than a
+// routine close after its job. A worker that closes its connection after
+// every job and dials again, as POTHEAD's do, is news only when it does
+// not dial again within redialQuiet, and when it comes back.
 const redialQuiet = time.Second
 
 // connObs is what observation keeps of one connection (workerConn.obs).
 type connObs struct {
 	w    *workerRecord // set when the pool takes it in, under p.mu and poolObs.mu
+	news bool          // its arrival is news (see redialQuiet); set with w
 	left bool          // guarded by poolObs.mu
 	// note is why the connection is closing; the first cause given wins.
 	note atomic.Pointer[leaveNote]
@@ -86,28 +91,29 @@ func (o *poolObs) joinLocked(c *workerConn) (held int, ok bool) {
 		w = &workerRecord{key: c.key, name: c.info.name, host: hostOf(c.conn.RemoteAddr())}
 		o.workers[c.key] = w
 	}
+	redial := w.routine && now.Sub(w.lastSeen) < redialQuiet
 	if w.conns == 0 {
 		w.since, w.lastSeen = now, time.Time{}
 	}
 	w.conns++
 	c.obs.w = w
+	c.obs.news = w.conns == 1 && !redial
 	return w.conns, true
 }
 
-// joined announces c, which joinLocked took in.
+// joined announces c, which joinLocked took in; held is what its worker
+// holds now.
 func (o *poolObs) joined(c *workerConn, held int) {
-	o.mu.Lock()
-	redial := time.Since(c.obs.w.redialed) < redialQuiet
-	view := o.view
-	o.mu.Unlock()
-	level := zapcore.InfoLevel
-	if redial {
-		level = zapcore.DebugLevel
+	view := o.getView()
+	news := c.obs.news
+	level := zapcore.DebugLevel
+	if news {
+		level = zapcore.InfoLevel
 	}
 	if ce := o.pool.log().Check(level, "worker connected"); ce != nil {
 		ce.Write(zap.String("worker", c.info.name), zap.String("remote", c.remote()), zap.Int("connections", held))
 	}
-	if !redial {
+	if news {
 		o.emit(view, eventWorkerConnected, map[string]any{
 			"pool": o.pool.name, "worker": c.info.name, "remote": c.remote(), "connections": held,
 		})
@@ -135,17 +141,34 @@ func (o *poolObs) left(c *workerConn) {
 		w.lastSeen = now
 	}
 	routine := note.reason == leaveClosedAfterJob
-	if routine {
-		w.redialed = now
-	}
+	w.routine = routine
 	view := o.view
 	o.mu.Unlock()
 	o.leaves[note.reason].Add(1)
-
-	level := zapcore.InfoLevel
-	if routine {
-		level = zapcore.DebugLevel
+	if !routine {
+		o.announceLeft(view, c, held, note, zapcore.InfoLevel)
+		return
 	}
+	o.announceLeft(view, c, held, note, zapcore.DebugLevel)
+	if held == 0 {
+		time.AfterFunc(redialQuiet, func() { o.checkGone(c, now, note) })
+	}
+}
+
+// checkGone announces that c's worker, whose last connection closed after
+// its job at lastSeen, is gone: it did not dial again within redialQuiet.
+func (o *poolObs) checkGone(c *workerConn, lastSeen time.Time, note *leaveNote) {
+	o.mu.Lock()
+	w := c.obs.w
+	gone := w.conns == 0 && w.lastSeen.Equal(lastSeen)
+	view := o.view
+	o.mu.Unlock()
+	if gone {
+		o.announceLeft(view, c, 0, note, zapcore.InfoLevel)
+	}
+}
+
+func (o *poolObs) announceLeft(view poolView, c *workerConn, held int, note *leaveNote, level zapcore.Level) {
 	if ce := o.pool.log().Check(level, "worker disconnected"); ce != nil {
 		fields := []zap.Field{
 			zap.String("worker", c.info.name), zap.String("remote", c.remote()), zap.Int("connections", held),
@@ -156,7 +179,7 @@ func (o *poolObs) left(c *workerConn) {
 		}
 		ce.Write(fields...)
 	}
-	if !routine {
+	if level == zapcore.InfoLevel {
 		o.emit(view, eventWorkerDisconnected, map[string]any{
 			"pool": o.pool.name, "worker": c.info.name, "remote": c.remote(), "connections": held,
 			"reason": leaveNames[note.reason],
