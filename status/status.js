@@ -27,9 +27,9 @@ function fmtDur(s) {
 function fmtAge(iso, now) {
 	if (!iso) return "";
 	const s = Math.max(0, (now - Date.parse(iso)) / 1000);
-	if (s < 60) return Math.round(s) + " s ago";
-	if (s < 3600) return Math.round(s / 60) + " min ago";
-	return Math.round(s / 3600) + " h ago";
+	if (s < 60) return Math.round(s) + " s";
+	if (s < 3600) return Math.round(s / 60) + " min";
+	return Math.round(s / 3600) + " h";
 }
 
 function sum(obj, keys) {
@@ -83,7 +83,7 @@ function workersTable(p, now) {
 	}
 	const head = el("tr", {},
 		el("th", {}, "Worker"), el("th", {}, "Remote"), el("th", {}, "Slots"),
-		el("th", { class: "num" }, "Jobs"), el("th", { class: "num" }, "Failures"), el("th", {}, "Connected"));
+		el("th", { class: "num" }, "Jobs"), el("th", { class: "num" }, "Failures"), el("th", {}, "Since"));
 	const rows = p.workers.map((w) => el("tr", {
 		class: w.connections ? "worker" : "worker gone",
 		"data-worker": w.id, "data-busy": String(w.busy), "data-idle": String(w.idle),
@@ -93,7 +93,7 @@ function workersTable(p, now) {
 	el("td", {}, slots(w)),
 	el("td", { class: "num jobs" }, String(w.jobs)),
 	el("td", { class: "num failures" }, String(w.failures)),
-	el("td", { class: "muted" }, w.connections ? fmtAge(w.connected_since, now) : "left " + fmtAge(w.disconnected_at, now))));
+	el("td", { class: "muted" }, w.connections ? fmtAge(w.connected_since, now) : "gone " + fmtAge(w.disconnected_at, now))));
 	return el("div", { class: "scroll" }, el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
 }
 
@@ -115,8 +115,8 @@ function poolCard(p, now) {
 	const depth = h.map((s) => s.queue_depth);
 	const waitMean = h.map((s) => s.wait_mean_seconds);
 	const waitMax = h.map((s) => s.wait_max_seconds);
-	const minutes = h.length > 1 ? Math.round((h[h.length - 1].t - h[0].t) / 60000) : 0;
-	const span = minutes ? `last ${minutes} min` : "collecting…";
+	const secs = h.length > 1 ? Math.round((h[h.length - 1].t - h[0].t) / 1000) : 0;
+	const span = !secs ? "collecting…" : secs < 90 ? `last ${secs} s` : `last ${Math.round(secs / 60)} min`;
 	return el("section", { class: "pool", "data-pool": p.name },
 		el("header", {}, el("h2", {}, p.name),
 			el("span", { class: "muted" }, `${p.protocol || ""} on ${p.listen.join(", ")}`)),
