@@ -280,8 +280,9 @@ func (*eventRecorder) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // TestPlaceholdersAndLogFields reads the placeholders in a deferred header
-// and in log_append, and the access log's reverse_http fields; a 502 and a
-// 504 each log one line naming the pool, the worker and the cause.
+// in log_append and in handle_errors, and the access log's reverse_http
+// fields; a 502 and a 504 each log one line naming the pool, the worker and
+// the cause.
 func TestPlaceholdersAndLogFields(t *testing.T) {
 	dir := t.TempDir()
 	access, errs := filepath.Join(dir, "access.log"), filepath.Join(dir, "hub.log")
@@ -315,6 +316,9 @@ http://:{siteport} {
 	log_append rh_worker {http.reverse_http.worker}
 	log_append rh_attempts {http.reverse_http.attempts}
 	reverse_http jobs
+	handle_errors {
+		respond "{http.reverse_http.pool} {http.reverse_http.worker} {http.reverse_http.attempts}" {err.status_code}
+	}
 }`)
 	b := newBlockingHandler()
 	startWorker(t, h, "jobs", "secret", 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -343,8 +347,8 @@ http://:{siteport} {
 	if resp, _ := h.get("/bad"); resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("worker's 502: %d", resp.StatusCode)
 	}
-	if resp, _ := h.get("/fail"); resp.StatusCode != http.StatusBadGateway {
-		t.Fatalf("failed job: %d", resp.StatusCode)
+	if resp, body := h.get("/fail"); resp.StatusCode != http.StatusBadGateway || body != "jobs test-worker 1" {
+		t.Fatalf("failed job, as handle_errors answers it: %d %q", resp.StatusCode, body)
 	}
 	waitFor(t, "the worker back", func() bool { return p.Stats().Idle == 1 })
 	if resp, _ := h.get("/slow/block"); resp.StatusCode != http.StatusGatewayTimeout {

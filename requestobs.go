@@ -8,13 +8,16 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
-// Placeholders the handler sets on the request's replacer. The worker,
-// queue wait and attempts are set when a worker connection takes the
-// request, before its response head is written (so that a deferred
-// `header` sees them), and again when the handler ends (for `log_append`,
-// `handle_errors` and the access log).
+// Placeholders the handler provides on the request's replacer. Their
+// values are read when a placeholder is replaced: the worker, queue wait
+// and attempts are there once a worker connection has taken the request,
+// before its response head is written (so that a deferred `header` sees
+// them), and final once the handler has ended (for `log_append`,
+// `handle_errors` and the access log). Reading them late costs a request
+// nothing until a placeholder is used.
 const (
 	placeholderPool      = "http.reverse_http.pool"
 	placeholderWorker    = "http.reverse_http.worker"
@@ -25,10 +28,13 @@ const (
 // jobObs is what observation keeps of one request (job.obs).
 type jobObs struct {
 	off     bool // poolLimits.unobserved
-	repl    *caddy.Replacer
 	arrived time.Time
 	tookAt  time.Time
-	waited  time.Duration // from arrival until tookAt
+	// waited is the time from arrival until tookAt, or until the end for
+	// a request no worker took (once settled).
+	waited  time.Duration
+	settled bool
+	outcome outcome
 	// worker is the connection of the request's latest attempt; running
 	// says that the request is with it (not back in the queue).
 	worker  *workerConn
@@ -47,10 +53,35 @@ func (j *job) observe(r *http.Request, now time.Time) {
 	if j.obs.off {
 		return
 	}
-	j.obs.repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if j.obs.repl != nil {
-		j.obs.repl.Set(placeholderPool, j.pool.name)
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Map(j.placeholder)
 	}
+}
+
+// placeholder gives the value of one of the handler's placeholders.
+func (j *job) placeholder(key string) (any, bool) {
+	switch key {
+	case placeholderPool:
+		return j.pool.name, true
+	case placeholderWorker:
+		return j.workerName(), true
+	case placeholderQueueWait:
+		if j.obs.worker == nil && !j.obs.settled {
+			return time.Since(j.obs.arrived), true
+		}
+		return j.obs.waited, true
+	case placeholderAttempts:
+		return j.attempts, true
+	}
+	return nil, false
+}
+
+// workerName is the name of the worker of j's latest attempt, if any.
+func (j *job) workerName() string {
+	if c := j.obs.worker; c != nil {
+		return c.info.name
+	}
+	return ""
 }
 
 // took records that connection c took j for its next attempt.
@@ -62,11 +93,6 @@ func (j *job) took(c *workerConn) {
 	o.tookAt = time.Now()
 	o.waited = o.tookAt.Sub(o.arrived)
 	o.worker, o.running = c, true
-	if o.repl != nil {
-		o.repl.Set(placeholderWorker, c.info.name)
-		o.repl.Set(placeholderQueueWait, o.waited)
-		o.repl.Set(placeholderAttempts, j.attempts+1)
-	}
 }
 
 // requeued records that j goes to another connection: the last could not
@@ -102,27 +128,17 @@ func (h *Handler) settle(j *job, r *http.Request, id string) {
 	if j.err != nil {
 		status = errorStatus(j.err)
 	}
-	waited := end.Sub(o.arrived)
 	if o.worker != nil {
-		waited = o.waited
-		po.queueWait.Observe(waited.Seconds())
-		po.recent.add(waited)
+		po.queueWait.Observe(o.waited.Seconds())
+		po.recent.add(o.waited)
 		po.jobDuration.Observe(end.Sub(o.tookAt).Seconds())
 		o.worker.count(oc, status)
+	} else {
+		o.waited = end.Sub(o.arrived)
 	}
-	name := ""
-	if o.worker != nil {
-		name = o.worker.info.name
-	}
-	if o.repl != nil {
-		o.repl.Set(placeholderWorker, name)
-		o.repl.Set(placeholderQueueWait, waited)
-		o.repl.Set(placeholderAttempts, j.attempts)
-	}
+	o.settled, o.outcome = true, oc
 	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-		extra.Add(zap.Dict("reverse_http",
-			zap.String("pool", j.pool.name), zap.String("worker", name), zap.Duration("queue_wait", waited),
-			zap.Int("attempts", j.attempts), zap.String("outcome", outcomeNames[oc])))
+		extra.Add(zap.Object("reverse_http", (*jobLog)(j)))
 	}
 	if status == http.StatusBadGateway || status == http.StatusGatewayTimeout || (o.proxying && oc == outcomeWorkerFailed) {
 		h.logFailure(j, id, status)
@@ -130,6 +146,19 @@ func (h *Handler) settle(j *job, r *http.Request, id string) {
 	if oc == outcomeQueueFull {
 		po.refusedFull()
 	}
+}
+
+// jobLog is a settled job as the access log shows it.
+type jobLog job
+
+func (l *jobLog) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	j := (*job)(l)
+	enc.AddString("pool", j.pool.name)
+	enc.AddString("worker", j.workerName())
+	enc.AddDuration("queue_wait", j.obs.waited)
+	enc.AddInt("attempts", j.attempts)
+	enc.AddString("outcome", outcomeNames[j.obs.outcome])
+	return nil
 }
 
 // count adds a request that c's worker took to its books: answered, or
