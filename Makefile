@@ -57,7 +57,7 @@ smoke: bin/caddy
 	if ! mods=$$(./bin/caddy list-modules); then \
 		echo "smoke: FAIL: 'bin/caddy list-modules' failed" >&2; exit 1; \
 	fi; \
-	for m in reverse_http http.handlers.reverse_http; do \
+	for m in reverse_http http.handlers.reverse_http http.handlers.reverse_http_status admin.api.reverse_http; do \
 		if printf '%s\n' "$$mods" | grep -qxF "$$m"; then \
 			echo "smoke: ok: bin/caddy has module $$m"; \
 		else \
