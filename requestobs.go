@@ -132,7 +132,7 @@ func (h *Handler) settle(j *job, r *http.Request, id string) {
 		po.queueWait.Observe(o.waited.Seconds())
 		po.recent.add(o.waited)
 		po.jobDuration.Observe(end.Sub(o.tookAt).Seconds())
-		o.worker.count(oc, status)
+		o.worker.count(oc == outcomeOK, status == http.StatusBadGateway || status == http.StatusGatewayTimeout || (o.proxying && oc == outcomeWorkerFailed))
 	} else {
 		o.waited = end.Sub(o.arrived)
 	}
@@ -161,18 +161,18 @@ func (l *jobLog) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	return nil
 }
 
-// count adds a request that c's worker took to its books: answered, or
-// failed (a 502 or 504, its own or the hub's).
-func (c *workerConn) count(oc outcome, status int) {
+// count adds a request that c's worker took to its books: answered by it,
+// and failed (a 502 or 504, its own or the hub's, or a response cut off;
+// not a request every worker declined).
+func (c *workerConn) count(answered, failed bool) {
 	w := c.obs.w
 	if w == nil {
 		return
 	}
-	if oc == outcomeOK {
+	if answered {
 		w.jobs.Add(1)
 	}
-	if oc == outcomeWorkerFailed || oc == outcomeResponseTimeout ||
-		status == http.StatusBadGateway || status == http.StatusGatewayTimeout {
+	if failed {
 		w.failures.Add(1)
 	}
 }
