@@ -45,7 +45,7 @@ func BenchmarkTinyRequest(b *testing.B) {
 // weighs on both alike; it reports the mean time of each and the overhead.
 // Run it a few times and read the spread with benchstat:
 //
-//	go test -run '^$' -bench TinyRequestMetrics -benchtime 4000x -count 10 . > m.txt
+//	go test -run '^$' -bench TinyRequestMetrics -benchtime 3000x -count 10 . > m.txt
 //	benchstat m.txt
 func BenchmarkTinyRequestMetrics(b *testing.B) {
 	h := newHub(b, basicConfig)

@@ -66,4 +66,3 @@ func copyPools(m map[string]*PoolConfig) map[string]*PoolConfig {
 	}
 	return out
 }
-
