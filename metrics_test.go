@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/reversehttp/reverse_http/worker"
 )
 
 // metricsConfig has two pools on one address: jobs (two waiting requests
@@ -422,4 +424,24 @@ func TestMetricsConcurrentScrapes(t *testing.T) {
 	wg.Wait()
 	m := scrape(t, h)
 	m.expect(t, map[string]float64{series(metricPrefix+"requests_total", "pool", "jobs", "outcome", "ok"): 80})
+}
+
+// TestMetricsDeclines: a request every worker declines gets 503 after
+// max_attempts; it counts as worker_failed with its requeues as declined,
+// and as no failure of the worker, which failed nothing.
+func TestMetricsDeclines(t *testing.T) {
+	h := newHub(t, strings.Replace(metricsConfig, "max_queue 2", "max_queue 2\n\t\t\tmax_attempts 3", 1))
+	startWorker(t, h, "jobs", "secret", 1, worker.AcceptLater(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		worker.Decline(w)
+	})))
+	if resp, _ := h.get("/x"); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("status %d, want 503", resp.StatusCode)
+	}
+	m := scrape(t, h)
+	m.expect(t, map[string]float64{
+		series(metricPrefix+"requests_total", "pool", "jobs", "outcome", "worker_failed"):               1,
+		series(metricPrefix+"requeues_total", "pool", "jobs", "reason", "declined"):                     3,
+		series(metricPrefix+"worker_failures_total", "pool", "jobs", "worker", "test-worker@127.0.0.1"): 0,
+		series(metricPrefix+"worker_jobs_total", "pool", "jobs", "worker", "test-worker@127.0.0.1"):     0,
+	})
 }
