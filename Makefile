@@ -12,6 +12,8 @@
 #   make fuzz    run each fuzz target for FUZZTIME (default 10m; FUZZFLAGS
 #                are passed to go test)
 #   make fuzz-quick  the same for 20s each, as CI does
+#   make screenshot  docs/status.png, the README's picture of the status
+#                page, from a test in headless Chromium (about 45 s)
 #   make clean   remove bin/
 
 GO ?= go
@@ -55,7 +57,7 @@ smoke: bin/caddy
 	if ! mods=$$(./bin/caddy list-modules); then \
 		echo "smoke: FAIL: 'bin/caddy list-modules' failed" >&2; exit 1; \
 	fi; \
-	for m in reverse_http http.handlers.reverse_http; do \
+	for m in reverse_http http.handlers.reverse_http http.handlers.reverse_http_status admin.api.reverse_http; do \
 		if printf '%s\n' "$$mods" | grep -qxF "$$m"; then \
 			echo "smoke: ok: bin/caddy has module $$m"; \
 		else \
@@ -110,6 +112,10 @@ fuzz:
 
 fuzz-quick:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=20s
+
+.PHONY: screenshot
+screenshot:
+	REVERSE_HTTP_SCREENSHOT=docs/status.png $(GO) test -count=1 -run '^TestStatusPageScreenshot$$' .
 
 clean:
 	rm -rf bin

@@ -58,6 +58,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			max_attempts <n>
 //			max_handshakes <n>
 //			allow_unauthenticated
+//			metrics per_worker
 //		}
 //	}
 //
@@ -175,6 +176,15 @@ func (pc *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			pc.AllowUnauthenticated = true
+		case "metrics":
+			var what string
+			if !d.AllArgs(&what) {
+				return d.ArgErr()
+			}
+			if what != "per_worker" {
+				return d.Errf("metrics takes per_worker, not %q", what)
+			}
+			pc.Metrics = &PoolMetrics{PerWorker: true}
 		default:
 			return d.Errf("unrecognized pool option %q", opt)
 		}

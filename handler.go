@@ -68,9 +68,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		BufferPool:    bufferPool{},
 		ErrorLog:      zap.NewStdLog(h.logger),
 		ModifyResponse: func(resp *http.Response) error {
+			j := resp.Request.Context().Value(jobCtxKey{}).(*job)
+			j.obs.answered = resp.StatusCode
 			// The worker's Server header replaces Caddy's, as with reverse_proxy.
 			if _, ok := resp.Header["Server"]; ok {
-				resp.Request.Context().Value(jobCtxKey{}).(*job).w.Header().Del("Server")
+				j.w.Header().Del("Server")
 			}
 			return nil
 		},
@@ -101,7 +103,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if queueTimeout == 0 {
 		queueTimeout = limits.queueTimeout
 	}
-	j := &job{pool: h.pool, limits: limits, deadline: time.Now().Add(queueTimeout), w: w, gone: consumerGone(r)}
+	now := time.Now()
+	j := &job{pool: h.pool, limits: limits, deadline: now.Add(queueTimeout), w: w, gone: consumerGone(r)}
+	j.observe(r, now)
+	defer h.settle(j, r, id)
 	// Wait for a worker here, before the proxy copies the request: a
 	// waiting request then holds as little memory as it can, a shallower
 	// goroutine stack included, which counts with thousands waiting.
@@ -113,7 +118,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		j.conn, j.err = nil, context.Canceled
 	}
 	if j.err == nil {
+		j.took(j.conn)
+		j.obs.proxying = true
 		h.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), jobCtxKey{}, j)))
+		j.obs.proxying = false
 		if j.conn != nil {
 			// The proxy gave up before its transport ran; nothing was
 			// written to the connection.

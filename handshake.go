@@ -38,6 +38,7 @@ type handshakeRequest struct {
 type rejection struct {
 	status int
 	reason string
+	kind   handshakeResult // what it counts as; resultUnset: what its status says
 }
 
 func reject(status int, format string, args ...any) *rejection {
@@ -78,6 +79,9 @@ func readHandshake(r io.Reader) (handshakeRequest, *bufio.Reader, *rejection) {
 	lr := &boundedReader{r: r, n: maxHandshakeBytes}
 	br := bufio.NewReaderSize(lr, handshakeBufferSize)
 	start, err := br.Peek(len(tlsRecordStart))
+	if len(start) == 0 && isTimeout(err) {
+		return handshakeRequest{}, br, reject(http.StatusRequestTimeout, "no handshake within the handshake timeout")
+	}
 	if len(start) == 0 && err != nil {
 		// A worker stopping mid-dial, or a port check.
 		return handshakeRequest{}, br, &rejection{}
@@ -90,6 +94,9 @@ func readHandshake(r io.Reader) (handshakeRequest, *bufio.Reader, *rejection) {
 	if lr.exceeded {
 		return handshakeRequest{}, br, reject(http.StatusRequestHeaderFieldsTooLarge,
 			"the handshake's request line and headers exceed %d bytes", maxHandshakeBytes)
+	}
+	if isTimeout(err) {
+		return handshakeRequest{}, br, reject(http.StatusRequestTimeout, "the handshake did not end within the handshake timeout")
 	}
 	if err != nil {
 		return handshakeRequest{}, br, reject(http.StatusBadRequest, "malformed handshake: %v", err)

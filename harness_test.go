@@ -60,6 +60,7 @@ type hub struct {
 	t      testing.TB
 	site   string // http://127.0.0.1:PORT
 	worker string // 127.0.0.1:PORT of the default pool's listener
+	admin  string // 127.0.0.1:PORT of Caddy's admin endpoint; "" for none
 }
 
 // newHub loads Caddy with a Caddyfile template in which {siteport} and
@@ -67,10 +68,17 @@ type hub struct {
 // address for the worker listener.
 func newHub(t testing.TB, template string) *hub {
 	t.Helper()
+	return newHubAdmin(t, template, "")
+}
+
+// newHubAdmin is newHub with Caddy's admin endpoint on admin ("" for none).
+func newHubAdmin(t testing.TB, template, admin string) *hub {
+	t.Helper()
 	h := &hub{
 		t:      t,
 		site:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		worker: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		admin:  admin,
 	}
 	h.load(template)
 	t.Cleanup(func() {
@@ -134,7 +142,11 @@ func listeningSockets(port int) int {
 func (h *hub) tryLoad(template string) error {
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(h.site, "http://"))
 	cf := strings.NewReplacer("{siteport}", port, "{workers}", h.worker).Replace(template)
-	cf = fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tgrace_period 5s\n\tstorage file_system %s\n", testStorage()) +
+	admin := "off"
+	if h.admin != "" {
+		admin = h.admin
+	}
+	cf = fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tgrace_period 5s\n\tstorage file_system %s\n", admin, testStorage()) +
 		strings.TrimPrefix(strings.TrimSpace(cf), "{") + "\n"
 	cfg, err := adapt(cf)
 	if err != nil {

@@ -40,6 +40,7 @@ type Pool struct {
 	limits   poolLimits
 	draining bool // no new requests; set on shutdown or removal
 	logger   *zap.Logger
+	obs      *poolObs // what operators see of it (observe.go)
 
 	// Counters since the pool was created.
 	joined   atomic.Uint64 // worker connections admitted
@@ -59,14 +60,20 @@ type poolLimits struct {
 	// handshake that passed an older config's listener during a reload
 	// cannot keep a credential the new one withdrew. Nil admits all.
 	admits func(admission) bool
+	// unobserved turns off the per-request metrics, placeholders and log
+	// fields, so that a benchmark can measure what they cost; no config
+	// sets it.
+	unobserved bool
 }
 
 func newPool(name string) *Pool {
-	return &Pool{
+	p := &Pool{
 		name:   name,
 		conns:  make(map[*workerConn]struct{}),
 		logger: zap.NewNop(),
 	}
+	p.obs = newPoolObs(p)
+	return p
 }
 
 // configure applies limits from a (re)loaded config to the live pool.
@@ -116,8 +123,9 @@ func (p *Pool) Stats() PoolStats {
 
 // waiter is a request waiting for a connection.
 type waiter struct {
-	node node[*waiter]
-	ch   chan *workerConn // receives the connection, or nil on drain
+	node  node[*waiter]
+	ch    chan *workerConn // receives the connection, or nil on drain
+	since time.Time        // when it joined the queue
 }
 
 // acquire returns a worker connection for a request, waiting in the queue
@@ -144,6 +152,8 @@ func (p *Pool) acquire(ctx context.Context, deadline time.Time, head bool, avoid
 		if errors.Is(err, errNotReady) {
 			p.putAs(c, false)
 		} else {
+			c.leavingIdle(err)
+			p.obs.requeues[requeueStale].Add(1)
 			p.release(c, false)
 			p.logDropped(c, err)
 		}
@@ -168,7 +178,7 @@ func (p *Pool) take(ctx context.Context, deadline time.Time, head bool, avoid []
 		p.mu.Unlock()
 		return nil, errQueueFull
 	}
-	w := &waiter{ch: make(chan *workerConn, 1)}
+	w := &waiter{ch: make(chan *workerConn, 1), since: time.Now()}
 	w.node.val = w
 	if head {
 		p.waiting.pushFront(&w.node)
@@ -270,7 +280,7 @@ func (p *Pool) putAs(c *workerConn, ready bool) {
 	if _, ok := p.conns[c]; !ok || p.draining || c.retired {
 		p.forget(c)
 		p.mu.Unlock()
-		c.close()
+		c.closeWith(errPoolClosed) // a retired connection's cause came first
 		return
 	}
 	c.ready = ready
@@ -320,9 +330,16 @@ func (p *Pool) add(conn net.Conn, br *bufio.Reader, info workerInfo) {
 			zap.String("remote", conn.RemoteAddr().String()), zap.String("worker", info.name))
 		return
 	}
+	held, ok := p.obs.joinLocked(c)
+	if !ok {
+		p.mu.Unlock()
+		conn.Close() // its worker is drained
+		return
+	}
 	p.conns[c] = struct{}{}
 	p.mu.Unlock()
 	p.joined.Add(1)
+	p.obs.joined(c, held)
 	c.polled = c.pollIdle()
 	p.put(c)
 }
@@ -350,6 +367,9 @@ func (p *Pool) release(c *workerConn, reuse bool) {
 			p.putAs(c, ready)
 			return
 		}
+	}
+	if errors.Is(err, errBeyondResponse) {
+		c.leaving(errBeyondResponse)
 	}
 	p.mu.Lock()
 	p.forget(c)
@@ -379,6 +399,7 @@ func (p *Pool) dropIdle(c *workerConn, err error) bool {
 	}
 	p.forget(c)
 	p.mu.Unlock()
+	c.leavingIdle(err)
 	c.close()
 	p.logDropped(c, err)
 	return true
@@ -421,7 +442,7 @@ func (p *Pool) drain() {
 	}
 	p.mu.Unlock()
 	for _, c := range idle {
-		c.close()
+		c.closeWith(errPoolClosed)
 	}
 }
 

@@ -259,6 +259,7 @@ func (p *Pool) checkIdle(c *workerConn) {
 		}
 		p.forget(c)
 		p.mu.Unlock()
+		c.leavingIdle(err)
 		c.close()
 		p.logDropped(c, err)
 		return
@@ -286,13 +287,14 @@ func (p *Pool) checkIdle(c *workerConn) {
 	}
 	p.forget(c)
 	p.mu.Unlock()
-	c.close()
 	switch {
 	case n > 0:
 		err = errOutOfTurn
 	case err == nil:
 		err = errHungUp
 	}
+	c.leavingIdle(err)
+	c.close()
 	p.logDropped(c, err)
 }
 
@@ -311,6 +313,7 @@ func (p *Pool) checkTLS(c *workerConn, ready bool) {
 		err = c.readTLSRecord(tlsCheckTimeout)
 	}
 	if err != nil {
+		c.leavingIdle(err)
 		p.release(c, false)
 		p.logDropped(c, err)
 		return

@@ -60,6 +60,8 @@ type App struct {
 	// has started, which is when its limits apply to the live pools.
 	onStarted bool
 	claimed   []string // addresses claimed in listening
+	events    *caddyevents.App
+	sampling  chan struct{} // closed by Stop: the pools' history is no longer sampled
 }
 
 // PoolConfig configures one pool.
@@ -117,11 +119,23 @@ type PoolConfig struct {
 	// client certificate. Without it such a pool is a config error.
 	AllowUnauthenticated bool `json:"allow_unauthenticated,omitempty"`
 
+	// What the pool's Prometheus metrics include beyond the per-pool
+	// series.
+	Metrics *PoolMetrics `json:"metrics,omitempty"`
+
 	tokens [][]byte
 	// The provisioned TLS config of the pool's listeners, and that of its
 	// connection policy, which says how client certificates are checked.
 	tlsServer *tls.Config
 	tlsPolicy *tls.Config
+}
+
+// PoolMetrics configures a pool's metrics.
+type PoolMetrics struct {
+	// Adds series per worker (name@host): its connections by state, the
+	// requests it answered and failed. Each worker adds four series; with
+	// many workers, or names that change, that is many series.
+	PerWorker bool `json:"per_worker,omitempty"`
 }
 
 // PoolTLS configures TLS on a pool's worker listener.
@@ -148,6 +162,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.stopOnce = new(sync.Once)
+	a.sampling = make(chan struct{})
 	// The pools exist before anything below may provision the http app,
 	// whose handlers look their pool up in this app.
 	a.pools = make(map[string]*Pool, len(a.Pools))
@@ -162,6 +177,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			// it requests before this config has started.
 			p := newPool(name)
 			p.configure(pc.limits(), a.poolLogger(name))
+			p.obs.setView(pc, nil, ctx)
 			return p, nil
 		})
 		if err != nil {
@@ -185,9 +201,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 			// their 503 at once.
 			_ = ev.On("stopping", stoppingHandler{a})
 			a.onStarted = ev.On("started", startedHandler{a}) == nil
+			a.events = ev
 		}
 	}
-	return nil
+	return a.registerMetrics(ctx.GetMetricsRegistry())
 }
 
 func (a *App) poolLogger(name string) *zap.Logger {
@@ -382,6 +399,7 @@ func (a *App) Start() error {
 			return err
 		}
 	}
+	a.startSampling()
 	return nil
 }
 
@@ -399,6 +417,7 @@ func (a *App) claim(addr string) (kept bool) {
 func (a *App) applyToPools() {
 	for _, name := range sortedKeys(a.Pools) {
 		a.pools[name].configure(a.Pools[name].limits(), a.poolLogger(name))
+		a.pools[name].obs.setView(a.Pools[name], a.events, a.ctx)
 	}
 	a.retireRevoked()
 }
@@ -408,7 +427,14 @@ func (a *App) applyToPools() {
 func (a *App) retireRevoked() {
 	for _, name := range sortedKeys(a.Pools) {
 		pc := a.Pools[name]
-		if n := a.pools[name].retireIf(func(c *workerConn) bool { return !pc.admits(c.info.admission) }); n > 0 {
+		retire := func(c *workerConn) bool {
+			if pc.admits(c.info.admission) {
+				return false
+			}
+			c.leaving(errRetired)
+			return true
+		}
+		if n := a.pools[name].retireIf(retire); n > 0 {
 			a.logger.Info("closing worker connections the config no longer admits",
 				zap.String("pool", name), zap.Int("connections", n))
 		}
@@ -434,6 +460,7 @@ func (a *App) Stop() error {
 	for _, wl := range a.listeners {
 		wl.stop()
 	}
+	close(a.sampling)
 	a.drainUnusedPools()
 	return nil
 }

@@ -58,6 +58,8 @@ type job struct {
 	// gone reports that the consumer has left; nil if that cannot be told
 	// beyond the request's context.
 	gone func() bool
+
+	obs jobObs // what operators see of it (requestobs.go)
 }
 
 // next returns the connection for the job's next attempt.
@@ -81,6 +83,7 @@ func (j *job) next(ctx context.Context) (*workerConn, error) {
 		j.pool.put(c)
 		return nil, context.Canceled
 	}
+	j.took(c)
 	j.attempts++
 	return c, nil
 }
@@ -112,6 +115,7 @@ func (transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if !errors.As(err, &ns) {
 			return resp, err
 		}
+		j.requeued(ns)
 		j.tried = append(j.tried, c.key)
 	}
 }
@@ -143,7 +147,7 @@ func (c *workerConn) runJob(req *http.Request, limits poolLimits, withBody bool)
 	c.pool.sent.Add(1)
 	// A consumer that goes away closes the worker connection: the one
 	// cancellation signal every worker, POTHEAD's included, understands.
-	a.stopCancel = context.AfterFunc(a.ctx, c.close)
+	a.stopCancel = context.AfterFunc(a.ctx, func() { c.closeWith(context.Canceled) })
 	if withBody {
 		a.startBody()
 	} else if err := writeRequest(req, c.conn); err != nil {
@@ -259,10 +263,10 @@ func (a *attempt) declined(resp *http.Response) error {
 	a.clock.stop()
 	if a.gate == nil && !resp.Close && drained(resp.Body) && a.ctx.Err() == nil {
 		a.c.pool.release(a.c, true)
-		return notStarted{errors.New("declined")}
+		return notStarted{errDeclined}
 	}
 	resp.Body.Close()
-	return a.abandon(errors.New("declined"), true)
+	return a.abandon(errDeclined, true)
 }
 
 // drained reads what is left of body, if it is short, and reports whether
@@ -283,7 +287,7 @@ func (a *attempt) abandon(err error, sure bool) error {
 	}
 	a.stopCancel()
 	a.clock.stop()
-	a.c.close()
+	a.c.closeWith(notStarted{err})
 	if a.gate != nil {
 		// The body writer must have stopped before the request goes to
 		// another worker, which reads the same body.
@@ -309,6 +313,7 @@ func (a *attempt) neverStarted(err error) bool {
 // fail ends an attempt that got no response, for good: c closes. It does
 // not wait for the body writer, which may be blocked reading the upload.
 func (a *attempt) fail(err error) error {
+	a.c.leaving(err) // unless the consumer or the clock closed it first
 	a.stopCancel()
 	a.clock.stop()
 	if a.gate != nil {
@@ -344,7 +349,7 @@ func (k *responseClock) start(c *workerConn) {
 	if !k.stopped {
 		k.timer = time.AfterFunc(k.d, func() {
 			k.expired.Store(true)
-			c.close()
+			c.closeWith(errResponseTimeout)
 		})
 	}
 	k.mu.Unlock()
@@ -399,6 +404,9 @@ type jobBody struct {
 func (b *jobBody) Read(p []byte) (int, error) {
 	n, err := b.body.Read(p)
 	if err != nil {
+		if err != io.EOF {
+			b.c.leaving(err)
+		}
 		b.finish(err == io.EOF)
 	}
 	return n, err
@@ -428,6 +436,9 @@ func (b *jobBody) finish(complete bool) {
 				// Still uploading although the response is complete.
 				reuse = false
 			}
+		}
+		if !reuse {
+			b.c.leaving(b.endCause(complete))
 		}
 		b.c.pool.release(b.c, reuse)
 	})

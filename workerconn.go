@@ -114,6 +114,8 @@ type workerConn struct {
 	src connSource
 
 	closeOnce sync.Once
+
+	obs connObs // what operators see of it (workers.go)
 }
 
 func newWorkerConn(p *Pool, conn net.Conn, info workerInfo) *workerConn {
@@ -174,6 +176,7 @@ func (c *workerConn) close() {
 		// its descriptor cannot yet belong to another connection.
 		c.unpoll()
 		c.conn.Close()
+		c.pool.obs.left(c)
 	})
 }
 

@@ -227,6 +227,7 @@ func (wl *workerListener) serve() {
 			// timeout; past the cap a connection costs only its accept.
 			wl.handshakes.Add(-1)
 			conn.Close()
+			wl.countHandshake("", resultOverCapacity)
 			n := wl.refused.Add(1)
 			wl.sampled.Warn("over_capacity", "too many worker handshakes in progress; closed a connection",
 				zap.String("remote", conn.RemoteAddr().String()), zap.Int("max_handshakes", wl.maxHandshakes), zap.Int64("refused_total", n))
@@ -257,9 +258,8 @@ func (wl *workerListener) handshake(conn net.Conn) {
 		_ = conn.SetDeadline(time.Time{})
 		// A POTHEAD worker's server answers 100 Continue before it calls
 		// the app: its 100 means what the accept feature's does.
-		if wl.admit(wl.bare, conn, nil, workerInfo{features: features{accept: true}, admission: adm}) {
-			wl.logger.Debug("worker connected", zap.String("pool", wl.bare.pool.name), zap.String("remote", remote))
-		}
+		// The pool logs the connection's arrival.
+		wl.admit(wl.bare, conn, nil, workerInfo{features: features{accept: true}, admission: adm})
 		return
 	}
 
@@ -289,6 +289,7 @@ func (wl *workerListener) tlsFailed(conn net.Conn, remote string, err error) {
 			"this worker listener requires TLS, but the worker sent a plaintext request: dial it with TLS"))
 		return
 	}
+	wl.countHandshake("", tlsFailure(err))
 	wl.sampled.Warn("tls_failed", "worker TLS handshake failed", zap.String("remote", remote), zap.Error(err))
 	conn.Close()
 }
@@ -300,6 +301,10 @@ func (wl *workerListener) upgrade(conn net.Conn, br *bufio.Reader, remote string
 	wl.mu.Unlock()
 	if closed {
 		wl.reject(conn, remote, hs.pool, reject(http.StatusServiceUnavailable, "the hub is reloading its configuration; dial again"))
+		return
+	}
+	if rej := drainedRejection(conn, entry, hs.worker); rej != nil {
+		wl.reject(conn, remote, hs.pool, rej)
 		return
 	}
 	resp := &http.Response{
@@ -319,9 +324,7 @@ func (wl *workerListener) upgrade(conn net.Conn, br *bufio.Reader, remote string
 	if tok := bearerToken(hs.authz); tok != "" {
 		adm.token = []byte(tok)
 	}
-	if wl.admit(entry, conn, br, workerInfo{name: hs.worker, features: hs.features, admission: adm}) {
-		wl.logger.Debug("worker connected", zap.String("pool", hs.pool), zap.String("remote", remote), zap.String("worker", hs.worker))
-	}
+	wl.admit(entry, conn, br, workerInfo{name: hs.worker, features: hs.features, admission: adm})
 }
 
 // admit hands conn to entry's pool unless the listener has closed its
@@ -344,6 +347,7 @@ const rejectLinger = 500 * time.Millisecond
 
 // reject answers a handshake with rej and closes the connection.
 func (wl *workerListener) reject(conn net.Conn, remote, pool string, rej *rejection) {
+	wl.countHandshake(pool, rej.result())
 	wl.sampled.Warn("rejected", "worker handshake rejected",
 		zap.String("remote", remote), zap.String("pool", pool), zap.Int("status", rej.status), zap.String("reason", rej.reason))
 	resp := &http.Response{
