@@ -17,11 +17,12 @@ import (
 // would be declined, and under load that is most jobs. Offered to one hub
 // only, it would idle while that hub has nothing to do and another hub has
 // a queue. So each free slot is first offered to one hub address alone:
-// the one that has taken the offers it got most often lately (its score;
-// on a tie, the hub whose job freed the slot, then the next in turn), and
-// every exploreEvery offers simply the next in turn, so that a hub whose
-// demand grows, or that comes back, gets offers even while the others
-// take them all. A hub that has a request waiting takes the offer within
+// in turn among those that have taken most of the offers they got lately
+// (their score is high: each has a queue, and they share the slots), else
+// the one with the best score (on a tie, the hub whose job freed the
+// slot); and every exploreEvery offers another address in turn, so that a
+// hub whose demand grows, or that comes back, gets offers even while the
+// others take them all. A hub that has a request waiting takes the offer within
 // a round trip; one that has not taken it after its dwell (a millisecond
 // at first, and at least twice the round trip of its handshakes; longer
 // for a hub that turns out to take offers just after they were parked,
@@ -67,6 +68,7 @@ type offers struct {
 	fresh    bool // no job has taken a slot since that verdict
 	eps      []*endpoint
 	next     int // the hub address the next new offer goes to first
+	scout    int // the hub address the next exploring offer goes to first
 	placed   int // offers placed, for exploreEvery
 	out      []*offer
 	timer    *time.Timer
@@ -193,6 +195,9 @@ func (o *offers) removeEndpoint(ep *endpoint) {
 	}
 	if o.next >= len(o.eps) {
 		o.next = 0
+	}
+	if o.scout >= len(o.eps) {
+		o.scout = 0
 	}
 	flush := o.rebalanceLocked(time.Now())
 	o.mu.Unlock()
@@ -330,13 +335,17 @@ func spare(ep *endpoint, excl map[*endpoint]int, parked int) int {
 }
 
 // placeLocked offers of to a hub address that has an idle connection to
-// spare: the one that has taken the offers it got most often lately (on a
-// tie, the one that freed the slot, else the next in turn), or, every
-// exploreEvery offers, simply the next in turn, so that a hub whose
-// demand has grown (or that has just come back) gets offers even while
-// the others take all there are. It returns 1 if it parked the offer
-// instead (with one hub address there is nowhere to move to). An offer no
-// address can take waits until a connection becomes idle.
+// spare. The addresses that took most of their offers lately (score at
+// least busyScore: each evidently has a queue) get the offers in turn, so
+// that hubs with a queue share the slots rather than the first of them
+// keeping every slot its jobs free. With no such address, the offer goes
+// to the one with the best score (on a tie, the one that freed the slot,
+// else the next in turn). Every exploreEvery offers, one goes to the next
+// address in turn other than that choice, so that a hub whose demand has grown (or that has just
+// come back) gets offers even while the others take all there are, and
+// earns its turn. It returns 1 if it parked the offer instead (with one
+// hub address there is nowhere to move to). An offer no address can take
+// waits until a connection becomes idle.
 func (o *offers) placeLocked(of *offer, now time.Time, excl map[*endpoint]int, parked int) int {
 	n := len(o.eps)
 	if n == 1 {
@@ -344,32 +353,54 @@ func (o *offers) placeLocked(of *offer, now time.Time, excl map[*endpoint]int, p
 		return 1
 	}
 	prefer := of.prefer
-	o.placed++
-	explore := o.placed%exploreEvery == 0
-	var best *endpoint
-	bestAt := 0
+	var best, busy *endpoint
+	bestAt, busyAt := 0, 0
 	for i := range n {
-		ep := o.eps[(o.next+i)%n]
+		at := (o.next + i) % n
+		ep := o.eps[at]
 		if spare(ep, excl, parked) <= 0 {
 			continue
 		}
-		if best == nil || !explore && (ep.score > best.score || ep.score == best.score && ep == prefer && best != prefer) {
-			best, bestAt = ep, (o.next+i)%n
+		if busy == nil && ep.score >= busyScore {
+			busy, busyAt = ep, at
 		}
-		if explore {
-			break
+		if best == nil || ep.score > best.score || ep.score == best.score && ep == prefer && best != prefer {
+			best, bestAt = ep, at
 		}
+	}
+	if busy != nil {
+		best, bestAt = busy, busyAt
 	}
 	if best == nil {
 		return 0
 	}
+	o.placed++
+	if o.placed%exploreEvery == 0 {
+		// The next address in turn other than the one the rule above
+		// chose, on a cursor of its own: the busy addresses' turns
+		// must not decide which address explores.
+		for i := range n {
+			at := (o.scout + i) % n
+			if ep := o.eps[at]; ep != best && spare(ep, excl, parked) > 0 {
+				o.scout = (at + 1) % n
+				of.at, of.since = ep, now
+				excl[ep]++
+				return 0
+			}
+		}
+	}
 	of.at, of.since = best, now
 	excl[best]++
-	if explore || best != prefer {
+	if busy != nil || best != prefer {
 		o.next = (bestAt + 1) % n
 	}
 	return 0
 }
+
+// busyScore: a hub address whose score is at least this has taken most of
+// the offers it got lately, and shares the offers with the others that
+// have.
+const busyScore = 0.5
 
 // exploreEvery: one new offer in this many goes to the next hub address in
 // turn, whatever the scores.

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"net"
+	"slices"
 	"testing"
 	"time"
 )
@@ -137,7 +138,8 @@ func TestOffersParkedWhenUnused(t *testing.T) {
 		t.Fatalf("crossing arrival: %d, want refused", s)
 	}
 	r.conns[0][0].becomeIdle()
-	// The job ends: the slot goes back to hub b first (it freed it).
+	// The job ends: the slot goes to one hub alone again, the next in
+	// turn among those that took offers lately (a was first): b.
 	r.w.offers.done(b)
 	b.becomeIdle()
 	if got := r.ready(); !equal(got, []int{0, 1, 0}) {
@@ -245,5 +247,58 @@ func TestOffersFollowDemand(t *testing.T) {
 	}
 	if first[1] != 4 || first[0] != 4*exploreEvery-4 {
 		t.Errorf("offers to a and b: %v, want b only every %d", first, exploreEvery)
+	}
+}
+
+// TestOffersSharedAmongBusyHubs: three hub addresses that each take every
+// offer they get at once (each has a queue) share the slots about evenly:
+// a hub that has taken offers lately must not keep every slot it frees
+// while the others wait for one offer in exploreEvery (seen starving a hub
+// of three in TestSeveralHubProcesses).
+func TestOffersSharedAmongBusyHubs(t *testing.T) {
+	defer func(d time.Duration) { offerMoveMin = d }(offerMoveMin)
+	offerMoveMin = time.Hour
+	const hubs, slots, jobs = 3, 2, 600
+	r := newOfferRig(t, slots, false, slots, slots, slots)
+	r.eps[1].score, r.eps[2].score = 0.3, 0 // b and c are new to demand
+	served := make([]int, hubs)
+	var running []*hubConn
+	for k := range jobs {
+		// Every hub takes each offer it sees; where two see one, the
+		// one in turn is first.
+		for len(running) < slots {
+			var taken *hubConn
+			for i := range hubs {
+				h := (k + i) % hubs
+				for _, c := range r.conns[h] {
+					if isReady(c) {
+						taken = c
+						break
+					}
+				}
+				if taken != nil {
+					break
+				}
+			}
+			if taken == nil {
+				t.Fatalf("job %d: %d slots running and none offered", k, len(running))
+			}
+			if s := arrive(taken); s != slotTaken {
+				t.Fatalf("job %d: arrival refused: %d", k, s)
+			}
+			served[slices.Index(r.eps, taken.ep)]++
+			running = append(running, taken)
+		}
+		// The oldest job ends.
+		c := running[0]
+		running = running[1:]
+		r.w.offers.done(c)
+		c.becomeIdle()
+	}
+	t.Logf("jobs per hub: %v", served)
+	for i, n := range served {
+		if n < jobs/hubs*3/4 {
+			t.Errorf("hub %d served %d of %d jobs, want about a third: %v", i, n, jobs, served)
+		}
 	}
 }
