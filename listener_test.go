@@ -4,24 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +23,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/reversehttp/reverse_http/internal/testpki"
 	"github.com/reversehttp/reverse_http/worker"
 )
 
@@ -419,92 +413,33 @@ func TestListenerStopClosesAdmission(t *testing.T) {
 	}
 }
 
-// testPKI is a CA made for a test, with a server certificate for
-// localhost and client certificates it signs.
+// testPKI is a CA made for a test (internal/testpki), with a server
+// certificate for localhost and client certificates it signs.
 type testPKI struct {
-	ca    *x509.Certificate
-	caKey *ecdsa.PrivateKey
-	dir   string
+	ca  *testpki.CA
+	dir string
 }
 
 func newTestPKI(t *testing.T) *testPKI {
-	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "reverse_http test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testPKI{ca: ca, caKey: key, dir: t.TempDir()}
-}
-
-var serial atomic.Int64
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
-}
-
-// issue returns a certificate for cn signed by parent (nil: self-signed).
-func issue(t *testing.T, cn string, usage x509.ExtKeyUsage, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) tls.Certificate {
-	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(100 + serial.Add(1)),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		DNSNames:     []string{cn},
-	}
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return &testPKI{ca: testpki.NewCA(t, "reverse_http test CA"), dir: t.TempDir()}
 }
 
 func (p *testPKI) serverConfig(t *testing.T) *tls.Config {
-	return &tls.Config{Certificates: []tls.Certificate{issue(t, "localhost", x509.ExtKeyUsageServerAuth, p.ca, p.caKey)}}
+	return &tls.Config{Certificates: []tls.Certificate{p.ca.Issue(t, testpki.Leaf{Names: []string{"localhost"}})}}
 }
 
 // clientCert returns a client certificate the CA signed.
 func (p *testPKI) clientCert(t *testing.T) tls.Certificate {
-	return issue(t, "worker", x509.ExtKeyUsageClientAuth, p.ca, p.caKey)
+	return p.ca.Issue(t, testpki.Leaf{Names: []string{"worker"}, Client: true})
 }
 
-func (p *testPKI) pool() *x509.CertPool {
-	pool := x509.NewCertPool()
-	pool.AddCert(p.ca)
-	return pool
-}
+func (p *testPKI) pool() *x509.CertPool { return p.ca.Pool() }
 
 // caFile writes the CA certificate as PEM and returns the file's path.
 func (p *testPKI) caFile(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(p.dir, "ca.pem")
-	data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.ca.Raw})
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+	if err := os.WriteFile(path, p.ca.PEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path

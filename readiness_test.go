@@ -4,20 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"testing"
 	"time"
 
+	"github.com/reversehttp/reverse_http/internal/testpki"
 	"github.com/reversehttp/reverse_http/worker"
 )
 
@@ -104,23 +99,7 @@ func tlsWorkerInfo(t *testing.T, p *Pool, info workerInfo) (*tls.Conn, net.Conn)
 
 // selfSigned returns a throwaway certificate for 127.0.0.1.
 func selfSigned(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return testpki.NewCA(t, "throwaway").Issue(t, testpki.Leaf{Names: []string{"127.0.0.1"}})
 }
 
 func frame(w net.Conn, f ...byte) {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/reversehttp/reverse_http/internal/testpki"
 	"github.com/reversehttp/reverse_http/worker"
 )
 
@@ -185,9 +187,10 @@ func TestListenerStartedLoggedOnce(t *testing.T) {
 	}
 }
 
-// selfSignedClient is a client certificate that no CA signed.
+// selfSignedClient is a client certificate that no CA the hub knows
+// signed.
 func selfSignedClient(t *testing.T) tls.Certificate {
-	return issue(t, "rogue", x509.ExtKeyUsageClientAuth, nil, nil)
+	return testpki.NewCA(t, "rogue").Issue(t, testpki.Leaf{Names: []string{"rogue"}, Client: true})
 }
 
 // TestUnverifiedClientAuthIsNotAuthentication checks that client_auth
@@ -302,7 +305,7 @@ http://:{siteport} {
 		t.Fatalf("got %d %q", resp.StatusCode, body)
 	}
 	adm := conns(p)[0].admission
-	if !adm.tls || len(adm.peerCerts) == 0 || adm.peerCerts[0].Subject.CommonName != "worker" {
+	if !adm.tls || len(adm.peerCerts) == 0 || !slices.Equal(adm.peerCerts[0].DNSNames, []string{"worker"}) {
 		t.Fatalf("admission recorded tls=%v and %d certificates", adm.tls, len(adm.peerCerts))
 	}
 
