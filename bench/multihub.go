@@ -315,7 +315,7 @@ func multiHub(e *env, o *options) ([]*table, error) {
 	t.add(killName, "declines per job at hubs 0 and 1", declineText(d3, okAB))
 	t.add(killName, "dials at hubs 0 and 1 during the phase", fmt.Sprint(c3))
 	t.add("all", "peak jobs at once on one worker (at the app)", fmt.Sprintf("%d (slots: %d)", peak, mhSlots))
-	t.notes = append(t.notes, "Every worker holds 2 connections to each hub (6 in all) and offers each free slot to one hub first (the one that has taken its offers most often lately; every 4th offer to the next in turn), then, unused after a millisecond or so, to all of them (see `worker/offers.go`).")
+	t.notes = append(t.notes, "Every worker holds 2 connections to each hub (6 in all) and offers each free slot to one hub first (in turn among the hubs that have taken most of their offers lately, else the one that took the most; every 4th offer to another hub in turn), then, unused after a millisecond or so, to all of them (see `worker/offers.go`).")
 	return []*table{t}, nil
 }
 
