@@ -129,9 +129,11 @@ func TestFullWorkerNotOffered(t *testing.T) {
 	if s.Joined != 4 {
 		t.Errorf("%d connections joined, want the 4 first ones only", s.Joined)
 	}
-	// A withdrawal may cross a job now and then; a full worker that is
-	// offered every job would decline about one per job.
-	if s.Declined > requests/10 {
+	// A withdrawal may cross a job now and then, and more often on a busy
+	// machine, where the hub may take an offer only after it has been
+	// shown to both addresses (bench/ measures the rate); a full worker
+	// that is offered every job would decline about one per job.
+	if s.Declined > requests/4 {
 		t.Errorf("%d declines for %d jobs", s.Declined, requests)
 	}
 }
