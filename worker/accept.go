@@ -113,14 +113,18 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 		jobs.Delete(rw)
 		j.free()
 	}()
-	if !hc.accept || !expectsContinue(r) {
-		w.cfg.Handler.ServeHTTP(rw, r)
-		return
+	if hc.accept && expectsContinue(r) {
+		j.auto = !w.lateAccept
+		r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
+		if j.auto {
+			j.accept()
+		}
 	}
-	j.auto = !w.lateAccept
-	r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
-	if j.auto {
-		j.accept()
+	if w.redirect != nil && r.Method != http.MethodHead {
+		// Returns once an out-of-band response has ended: the slot is
+		// freed only then.
+		w.redirect.serve(w.cfg.Handler, rw, r, hc)
+		return
 	}
 	w.cfg.Handler.ServeHTTP(rw, r)
 }
