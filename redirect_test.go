@@ -7,6 +7,7 @@ package reversehttp
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -319,5 +320,139 @@ func TestRedirectWhich(t *testing.T) {
 				t.Errorf("%s %s: body differs", c.method, c.path)
 			}
 		}
+	}
+}
+
+// countingProxy relays TCP connections to target and counts the bytes it
+// relays, both ways.
+type countingProxy struct {
+	ln     net.Listener
+	target string
+	bytes  atomic.Int64
+}
+
+func newCountingProxy(t *testing.T, target string) *countingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &countingProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.relay(c)
+		}
+	}()
+	return p
+}
+
+func (p *countingProxy) relay(c net.Conn) {
+	defer c.Close()
+	u, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	defer u.Close()
+	done := make(chan struct{}, 2)
+	copyCount := func(dst, src net.Conn) {
+		io.Copy(countingConn{dst, &p.bytes}, src)
+		dst.Close()
+		src.Close()
+		done <- struct{}{}
+	}
+	go copyCount(u, c)
+	go copyCount(c, u)
+	<-done
+	<-done
+}
+
+// countingConn counts what is read and written on a connection.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// TestRedirectOneGiBBypassesHub: a 1 GiB response, redirected, costs the
+// hub under 1 MiB: the bytes between the worker and the hub, and between
+// the consumer and the hub, are counted on the wire; the body arrives
+// intact from the worker's listener. Under -race, which makes the copy
+// about eight times slower, it streams 128 MiB.
+func TestRedirectOneGiBBypassesHub(t *testing.T) {
+	if testing.Short() {
+		t.Skip("streams 1 GiB")
+	}
+	n := int64(1 << 30)
+	if raceDetector {
+		n = 128 << 20
+	}
+	h := newHub(t, basicConfig)
+	app := &oobApp{}
+	up := httptest.NewServer(app)
+	defer up.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	workerSide := newCountingProxy(t, h.worker)
+	w, _, _ := newWorker(t, worker.Config{
+		Hub: workerSide.ln.Addr().String(), Pool: "jobs", Token: "secret", Slots: 1, Name: "oob-worker",
+		Handler:  forwarderTo(t, up.URL),
+		Redirect: &worker.Redirect{Listener: ln, PublicURL: "http://" + ln.Addr().String()},
+	})
+	p := livePool(t, "jobs")
+	waitFor(t, "the worker's connection", func() bool { return w.Connected() == 1 && p.Stats().Idle == 1 })
+
+	var consumerSide atomic.Int64
+	var d net.Dialer
+	client := &http.Client{
+		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return countingConn{c, &consumerSide}, nil
+		}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	before := workerSide.bytes.Load()
+	resp, err := client.Get(h.site + "/gen?n=" + strconv.FormatInt(n, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	client.CloseIdleConnections()
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("GET through the hub: %d, want 303", resp.StatusCode)
+	}
+	start := time.Now()
+	got, digest := fetch(t, http.MethodGet, resp.Header.Get("Location"))
+	elapsed := time.Since(start)
+	if got.StatusCode != 200 || got.ContentLength != n || digest != genDigest(n) {
+		t.Fatalf("GET Location: %d, %d bytes, digest %s; want 200, %d bytes, %s", got.StatusCode, got.ContentLength, digest, n, genDigest(n))
+	}
+	waitFor(t, "the job's connection back", func() bool { return p.Stats().Idle == 1 })
+	hubBytes := workerSide.bytes.Load() - before + consumerSide.Load()
+	t.Logf("%d MiB redirected in %v; the hub's bytes: %d from and to the worker (handshakes included), %d from and to the consumer",
+		n>>20, elapsed.Round(time.Millisecond), workerSide.bytes.Load()-before, consumerSide.Load())
+	if hubBytes >= 1<<20 || hubBytes == 0 {
+		t.Errorf("the hub relayed %d bytes for a redirected %d MiB response, want 0 < n < 1 MiB", hubBytes, n>>20)
 	}
 }
