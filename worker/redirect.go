@@ -159,6 +159,10 @@ func (rd *redirector) start() error {
 	if rd.cfg.TLS != nil {
 		ln = tls.NewListener(ln, rd.cfg.TLS)
 	}
+	if _, port, err := net.SplitHostPort(ln.Addr().String()); rd.base == "" && (err != nil || port == "") {
+		ln.Close()
+		return fmt.Errorf("worker: redirect: listener at %q has no port for the URLs: set a public URL", ln.Addr())
+	}
 	rd.ln = ln
 	rd.srv = &http.Server{
 		Handler:           rd,
@@ -354,6 +358,8 @@ type oobWriter struct {
 	c         *consumer // once attached
 	withdrawn bool      // the job took e back: no consumer will come
 	err       error     // the first failure, after which every write fails
+	sent      int64     // body bytes written to the consumer
+	fetched   time.Time // when the consumer came
 }
 
 func (w *oobWriter) Header() http.Header { return w.h }
@@ -476,6 +482,7 @@ func (w *oobWriter) waitConsumer() error {
 		// A consumer took the entry at the same moment: it is on its way.
 		w.c, w.err = <-e.attach, nil
 	}
+	w.fetched = time.Now()
 	ch := w.c.w.Header()
 	for k, v := range e.header {
 		ch[k] = v
@@ -496,6 +503,7 @@ func (w *oobWriter) Write(p []byte) (int, error) {
 	}
 	w.c.rc.SetWriteDeadline(time.Now().Add(redirectStallTimeout))
 	n, err := w.c.w.Write(p)
+	w.sent += int64(n)
 	if err != nil {
 		w.err = err
 	}
@@ -556,6 +564,12 @@ func (w *oobWriter) finish(completed bool) {
 		w.c.rc.SetWriteDeadline(time.Time{})
 	}
 	close(w.c.done)
+	attrs := []any{"bytes", w.sent, "took", time.Since(w.fetched).Round(time.Millisecond)}
+	if !w.c.ok {
+		w.rd.log.Debug("out-of-band response cut short", append(attrs, "err", w.err)...)
+		return
+	}
+	w.rd.log.Debug("out-of-band response sent", attrs...)
 }
 
 // passTrailers gives the consumer the trailers the handler set after its

@@ -282,6 +282,18 @@ func TestRedirectConfigErrors(t *testing.T) {
 			t.Errorf("%+v: no error", rd)
 		}
 	}
+	// A listener without a port cannot make its own URLs.
+	unix, err := net.Listen("unix", t.TempDir()+"/oob.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(Config{Hub: "127.0.0.1:1", Pool: "p", Handler: pathHandler(), Logger: testLogger(t), Redirect: &Redirect{Listener: unix}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "set a public URL") {
+		t.Errorf("Run with a unix listener and no public URL: %v", err)
+	}
 }
 
 // TestRedirectKeys: keys verify only unchanged, carry their expiry, and
