@@ -456,3 +456,33 @@ func TestRedirectOneGiBBypassesHub(t *testing.T) {
 		t.Errorf("the hub relayed %d bytes for a redirected %d MiB response, want 0 < n < 1 MiB", hubBytes, n>>20)
 	}
 }
+
+// TestE2ERedirectResponse: the worker binary with --redirect-response, as
+// a process of its own, in front of the sample app: a large response goes
+// out of band and arrives as the app sends it; a small one goes through
+// the hub.
+func TestE2ERedirectResponse(t *testing.T) {
+	app := startSampleApp(t)
+	h := newHub(t, basicConfig)
+	oob := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startWorkerProc(t, h, "w-oob", app.url, 1, 1, nil, "--token", "secret",
+		"--redirect-response", oob, "--public-url", "http://"+oob, "--redirect-min-size", "1M")
+
+	const n = 64 << 20
+	_, want := fetch(t, http.MethodGet, app.url+"/bytes?n="+strconv.Itoa(n))
+	resp, body := h.get("/bytes?n=" + strconv.Itoa(n))
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusSeeOther || body != "" || !strings.HasPrefix(loc, "http://"+oob+"/") {
+		t.Fatalf("GET through the hub: %d, Location %q, %d bytes; want 303 to http://%s/", resp.StatusCode, loc, len(body), oob)
+	}
+	got, digest := fetch(t, http.MethodGet, loc)
+	if got.StatusCode != 200 || got.ContentLength != n || digest != want {
+		t.Errorf("GET Location: %d, %d bytes, digest %s; want 200, %d bytes, %s", got.StatusCode, got.ContentLength, digest, n, want)
+	}
+	if again, _ := fetch(t, http.MethodGet, loc); again.StatusCode != http.StatusNotFound {
+		t.Errorf("second GET of the key: %d, want 404", again.StatusCode)
+	}
+	if resp, body := h.get("/hello"); resp.StatusCode != 200 || body == "" {
+		t.Errorf("small response: %d %q, want 200 through the hub", resp.StatusCode, body)
+	}
+}
