@@ -144,6 +144,10 @@ func (s *oobSetup) redirected(t *testing.T, path string) string {
 	if !strings.HasPrefix(loc, s.public+"/") {
 		t.Fatalf("GET %s: Location %q, want one under %s/", path, loc, s.public)
 	}
+	// The worker's header, and none of the app's.
+	if resp.Header.Get("Cache-Control") != "no-store" || resp.Header.Get("ETag") != "" {
+		t.Errorf("GET %s: the 303's header %v, want Cache-Control: no-store and no ETag", path, resp.Header)
+	}
 	return loc
 }
 
@@ -198,10 +202,15 @@ func TestRedirectResponse(t *testing.T) {
 	}
 
 	key := loc[strings.LastIndexByte(loc, '/')+1:]
-	tampered := []byte(key)
-	tampered[5] ^= 1 // still base64url: 'A'<->'B' and the like
-	if tampered[5] == '-' || tampered[5] == '_' {
-		tampered[5] = 'x'
+	// Another base64url character at i: in the expiry, or in the MAC.
+	tamper := func(i int) string {
+		b := []byte(key)
+		if b[i] == 'A' {
+			b[i] = 'B'
+		} else {
+			b[i] = 'A'
+		}
+		return string(b)
 	}
 	forged := bytes.Repeat([]byte("A"), len(key))
 	for _, c := range []struct {
@@ -209,7 +218,8 @@ func TestRedirectResponse(t *testing.T) {
 		want      int
 	}{
 		{"used", loc, http.StatusNotFound},
-		{"tampered", s.public + "/" + string(tampered), http.StatusNotFound},
+		{"tampered expiry", s.public + "/" + tamper(5), http.StatusNotFound},
+		{"tampered MAC", s.public + "/" + tamper(len(key)-1), http.StatusNotFound},
 		{"forged", s.public + "/" + string(forged), http.StatusNotFound},
 		{"short", s.public + "/" + key[:20], http.StatusNotFound},
 		{"empty", s.public + "/", http.StatusNotFound},
