@@ -240,6 +240,19 @@ func TestRedirectResponse(t *testing.T) {
 	if got := s.app.requests.Load(); got != 2 {
 		t.Errorf("the app got %d requests, want 2: refused keys must not reach it", got)
 	}
+
+	// A client that follows redirects, as consumers do, ends up with the
+	// body.
+	resp, err := http.Get(s.h.site + "/gen?n=70000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	io.Copy(h, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || hex.EncodeToString(h.Sum(nil)) != genDigest(70000) || resp.Request.URL.Host != strings.TrimPrefix(s.public, "http://") {
+		t.Errorf("following the redirect: %d from %s, want 200 with the body from %s", resp.StatusCode, resp.Request.URL, s.public)
+	}
 }
 
 // TestRedirectExpires: a key nobody fetches within the TTL expires (410),

@@ -329,3 +329,25 @@ func TestRedirectKeys(t *testing.T) {
 		t.Error("a longer key verified")
 	}
 }
+
+// TestRedirectTwoAtOnce: two slots redirect a response each; fetched in
+// the other order, each key gets its own job's body.
+func TestRedirectTwoAtOnce(t *testing.T) {
+	hub := newTestHub(t)
+	ln := redirectListener(t)
+	startWorker(t, hub, Config{Slots: 2, Redirect: &Redirect{Listener: ln, PublicURL: "http://" + ln.Addr().String()}, Handler: pathHandler()})
+	a, b := hub.next(t), hub.next(t)
+	locA := redirectedJob(t, a, "/a")
+	locB := redirectedJob(t, b, "/b")
+	for _, c := range []struct{ loc, want string }{{locB, "job /b"}, {locA, "job /a"}} {
+		resp, err := noRedirectClient.Get(c.loc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != c.want {
+			t.Errorf("GET %s: %d %q, want 200 %q", c.loc, resp.StatusCode, body, c.want)
+		}
+	}
+}

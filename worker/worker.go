@@ -50,6 +50,14 @@
 // not redial until a probe succeeds. So a worker that cannot do its jobs
 // does not take them.
 //
+// # Out-of-band responses
+//
+// With [Config.Redirect] a job's 200 response does not go through the
+// hub: the hub gets "303 See Other" to a one-time, signed, expiring URL on
+// a listener of the worker's, and the consumer that follows it gets the
+// body from there, streamed from the job, which keeps its slot until the
+// transfer ends or the key expires (see redirect.go).
+//
 // # Errors at start-up
 //
 // Until a first handshake has succeeded, mistakes that retrying cannot heal
