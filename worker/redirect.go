@@ -45,9 +45,9 @@ var (
 	// redirectIdleTimeout bounds how long a consumer's connection may
 	// wait, idle, for its next request.
 	redirectIdleTimeout = 30 * time.Second
-	// redirectStallTimeout bounds each write to a consumer: one that
-	// takes no bytes for this long is cut off, however long the whole
-	// transfer takes while it makes progress.
+	// redirectStallTimeout bounds each write of up to redirectPiece bytes
+	// to a consumer: one that takes less than that in this long is cut
+	// off, however long the whole transfer takes while it makes progress.
 	redirectStallTimeout = 30 * time.Second
 )
 
@@ -501,14 +501,26 @@ func (w *oobWriter) Write(p []byte) (int, error) {
 	if err := w.waitConsumer(); err != nil {
 		return 0, err
 	}
-	w.c.rc.SetWriteDeadline(time.Now().Add(redirectStallTimeout))
-	n, err := w.c.w.Write(p)
-	w.sent += int64(n)
-	if err != nil {
-		w.err = err
+	// Each piece has its deadline, so that a consumer is cut off only
+	// when it stalls (takes less than a piece per redirectStallTimeout).
+	total := 0
+	for len(p) > 0 {
+		piece := p[:min(len(p), redirectPiece)]
+		w.c.rc.SetWriteDeadline(time.Now().Add(redirectStallTimeout))
+		n, err := w.c.w.Write(piece)
+		total += n
+		w.sent += int64(n)
+		if err != nil {
+			w.err = err
+			return total, err
+		}
+		p = p[n:]
 	}
-	return n, err
+	return total, nil
 }
+
+// redirectPiece is the most written to a consumer under one deadline.
+const redirectPiece = 16 << 10
 
 // FlushError is what http.ResponseController's Flush calls.
 func (w *oobWriter) FlushError() error {
