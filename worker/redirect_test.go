@@ -351,3 +351,37 @@ func TestRedirectTwoAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestRedirectSlowConsumer: a consumer that reads slowly but steadily is
+// not cut off, even where one write of the job's is far more than it
+// reads within redirectStallTimeout.
+func TestRedirectSlowConsumer(t *testing.T) {
+	setTunable(t, &redirectStallTimeout, 500*time.Millisecond)
+	hub := newTestHub(t)
+	ln := redirectListener(t)
+	const n = 32 << 20
+	startWorker(t, hub, Config{Redirect: &Redirect{Listener: ln, PublicURL: "http://" + ln.Addr().String()},
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", fmt.Sprint(n))
+			w.Write(make([]byte, n)) // one write
+		})})
+	loc := redirectedJob(t, hub.next(t), "/x")
+	resp, err := noRedirectClient.Get(loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 256<<10)
+	got := 0
+	for {
+		m, err := io.ReadFull(resp.Body, buf)
+		got += m
+		if err != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // about 25 MB/s at most
+	}
+	if got != n {
+		t.Errorf("a slow consumer got %d of %d bytes", got, n)
+	}
+}
