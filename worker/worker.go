@@ -319,7 +319,8 @@ func (w *Worker) Connected() int { return int(w.connected.Load()) }
 // Until a first handshake succeeds, a mistake that retrying cannot heal ends
 // Run at once: a rejection with 400, 401, 403 or 404 returns a
 // *HandshakeError, and a TLS setting that does not fit the hub's returns a
-// *SetupError.
+// *SetupError. With Config.Redirect it listens for consumers first, and
+// returns the error if it cannot.
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.ran.CompareAndSwap(false, true) {
 		return errors.New("worker: Run called twice")
