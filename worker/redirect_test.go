@@ -385,3 +385,41 @@ func TestRedirectSlowConsumer(t *testing.T) {
 		t.Errorf("a slow consumer got %d of %d bytes", got, n)
 	}
 }
+
+// TestRedirectHoldsSlotAcrossHubs: one slot, two hubs with readiness.
+// While a redirected response waits for its consumer, the slot is taken:
+// the other hub's offer is withdrawn and a job it sends anyway is
+// declined; once the consumer has the body, the slot is offered again.
+func TestRedirectHoldsSlotAcrossHubs(t *testing.T) {
+	a, b := newReadyHub(t), newReadyHub(t)
+	ln := redirectListener(t)
+	rw := startWorker(t, a, Config{Hubs: []string{b.addr()}, Handler: pathHandler(),
+		Redirect: &Redirect{Listener: ln, PublicURL: "http://" + ln.Addr().String()}})
+	sa, sb := a.next(t), b.next(t)
+	eventually(t, "2 connections", func() bool { return rw.Connected() == 2 })
+	st := readiness{}
+	eventually(t, "the slot offered to both hubs", func() bool {
+		st.update(t, sa, sb)
+		return st[sa] == FrameReady && st[sb] == FrameReady
+	})
+
+	loc := redirectedJob(t, sa, "/a")
+	eventually(t, "B's offer withdrawn", func() bool { st.update(t, sb); return st[sb] == FrameNotReady })
+	resp, _ := sb.send(t, get("/b"))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(DeclinedHeader) != "1" {
+		t.Fatalf("B's job while the slot is held: %d, want a decline", resp.StatusCode)
+	}
+	st[sb] = FrameNotReady
+	sb.expectQuiet(t, 100*time.Millisecond) // no offer while the key waits
+
+	r, err := noRedirectClient.Get(loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != 200 || string(body) != "job /a" {
+		t.Fatalf("GET Location: %d %q", r.StatusCode, body)
+	}
+	eventually(t, "the slot offered to B again", func() bool { st.update(t, sb); return st[sb] == FrameReady })
+}
