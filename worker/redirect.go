@@ -55,7 +55,10 @@ var (
 // allows 4 KiB more than it is told).
 const redirectMaxHeaderBytes = 8 << 10
 
-// Redirect configures out-of-band responses; see [Config.Redirect].
+// Redirect configures out-of-band responses; see [Config.Redirect]. Only
+// 200 responses to requests other than HEAD go out of band, and of those
+// only the ones longer than MinSize or of unknown length; the rest, and
+// every other status, go through the hub.
 type Redirect struct {
 	// Addr is the host:port to listen on for the consumers that follow
 	// the redirects. Unused when Listener is set.
