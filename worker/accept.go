@@ -124,9 +124,9 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 		// Returns once an out-of-band response has ended: the slot is
 		// freed only then.
 		w.redirect.serve(w.cfg.Handler, rw, r, hc)
-		return
+	} else {
+		w.cfg.Handler.ServeHTTP(rw, r)
 	}
-	w.cfg.Handler.ServeHTTP(rw, r)
 }
 
 // declineFull declines a job that arrived when no slot was free or a gate

@@ -408,14 +408,14 @@ func (w *oobWriter) redirects(code int) bool {
 	return err == nil && n > w.rd.cfg.MinSize
 }
 
-// inline passes the handler's header to the hub's writer, which it uses
-// from now on.
+// inline passes the handler's header to the hub's writer. The handler
+// keeps its own map, which it may hold on to for its trailers: finish
+// passes them on.
 func (w *oobWriter) inline() {
 	hh := w.rw.Header()
 	for k, v := range w.h {
 		hh[k] = v
 	}
-	w.h = hh
 	w.state = oobInline
 }
 
@@ -558,6 +558,9 @@ func (w *oobWriter) finish(completed bool) {
 		}
 		return
 	case oobInline:
+		if completed {
+			passTrailers(w.rw.Header(), w.h)
+		}
 		return
 	}
 	switch {
@@ -575,7 +578,7 @@ func (w *oobWriter) finish(completed bool) {
 	}
 	w.c.ok = completed && w.err == nil
 	if w.c.ok {
-		w.passTrailers()
+		passTrailers(w.c.w.Header(), w.h)
 		w.c.rc.SetWriteDeadline(time.Time{})
 	}
 	close(w.c.done)
@@ -587,20 +590,19 @@ func (w *oobWriter) finish(completed bool) {
 	w.rd.log.Debug("out-of-band response sent", attrs...)
 }
 
-// passTrailers gives the consumer the trailers the handler set after its
-// header: those the header announced, and those named with
-// http.TrailerPrefix.
-func (w *oobWriter) passTrailers() {
+// passTrailers copies to dst, a writer's header after its WriteHeader,
+// the trailers a handler set in h: those h announced, and those named
+// with http.TrailerPrefix.
+func passTrailers(dst, h http.Header) {
 	announced := make(map[string]bool)
-	for _, v := range w.e.header.Values("Trailer") {
+	for _, v := range h.Values("Trailer") {
 		for k := range strings.SplitSeq(v, ",") {
 			announced[http.CanonicalHeaderKey(strings.TrimSpace(k))] = true
 		}
 	}
-	ch := w.c.w.Header()
-	for k, v := range w.h {
+	for k, v := range h {
 		if announced[k] || strings.HasPrefix(k, http.TrailerPrefix) {
-			ch[k] = v
+			dst[k] = v
 		}
 	}
 }

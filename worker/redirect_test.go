@@ -423,3 +423,24 @@ func TestRedirectHoldsSlotAcrossHubs(t *testing.T) {
 	}
 	eventually(t, "the slot offered to B again", func() bool { st.update(t, sb); return st[sb] == FrameReady })
 }
+
+// TestRedirectInlineTrailers: a response that goes through the hub keeps
+// the trailers its handler sets in the header map it took before
+// WriteHeader.
+func TestRedirectInlineTrailers(t *testing.T) {
+	hub := newTestHub(t)
+	ln := redirectListener(t)
+	startWorker(t, hub, Config{Redirect: &Redirect{Listener: ln, PublicURL: "http://" + ln.Addr().String()},
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h := w.Header()
+			h.Set("Trailer", "X-Sum")
+			w.WriteHeader(http.StatusCreated)
+			io.WriteString(w, "made")
+			h.Set("X-Sum", "7")
+			h.Set(http.TrailerPrefix+"X-Late", "8")
+		})})
+	resp, body := hub.next(t).send(t, get("/x"))
+	if resp.StatusCode != http.StatusCreated || body != "made" || resp.Trailer.Get("X-Sum") != "7" || resp.Trailer.Get("X-Late") != "8" {
+		t.Errorf("inline response: %d %q, trailers %v; want 201 made, X-Sum: 7, X-Late: 8", resp.StatusCode, body, resp.Trailer)
+	}
+}
