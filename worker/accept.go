@@ -113,16 +113,20 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 		jobs.Delete(rw)
 		j.free()
 	}()
-	if !hc.accept || !expectsContinue(r) {
+	if hc.accept && expectsContinue(r) {
+		j.auto = !w.lateAccept
+		r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
+		if j.auto {
+			j.accept()
+		}
+	}
+	if w.redirect != nil && r.Method != http.MethodHead {
+		// Returns once an out-of-band response has ended: the slot is
+		// freed only then.
+		w.redirect.serve(w.cfg.Handler, rw, r, hc)
+	} else {
 		w.cfg.Handler.ServeHTTP(rw, r)
-		return
 	}
-	j.auto = !w.lateAccept
-	r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
-	if j.auto {
-		j.accept()
-	}
-	w.cfg.Handler.ServeHTTP(rw, r)
 }
 
 // declineFull declines a job that arrived when no slot was free or a gate

@@ -39,6 +39,7 @@ type options struct {
 	logLevel                              slog.Level
 	jobs                                  jobFlags
 	gates                                 gateOptions
+	redirect                              redirectOptions
 }
 
 // errUsage marks errors for which usage has already been reported.
@@ -59,6 +60,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o.jobs.register(fs)
 	fs.IntVar(&o.slots, "slots", 1, "`N` jobs run at once, across all hubs (it holds N connections to each hub address)")
 	o.gates.addFlags(fs)
+	o.redirect.addFlags(fs)
 	fs.StringVar(&o.token, "token", "", "bearer `TOKEN` for the handshake (default $REVERSE_HTTP_TOKEN)")
 	fs.StringVar(&o.name, "name", "", "worker `NAME` sent to the hub (default the host name)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", worker.DefaultDrainTimeout, "how long running jobs may take to finish on SIGTERM/SIGINT")
@@ -135,6 +137,9 @@ Flags:
 	if msg := o.gates.check(); msg != "" {
 		return fail("%s", msg)
 	}
+	if msg := o.redirect.check(); msg != "" {
+		return fail("%s", msg)
+	}
 	if u, err := url.Parse(o.upstream); o.upstream != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
 		return fail("--upstream %q: want an http:// or https:// URL", o.upstream)
 	}
@@ -195,6 +200,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
 		return 2
 	}
+	redirect, err := o.redirect.config()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		return 2
+	}
 	cfg := worker.Config{
 		Hubs:            o.hubs,
 		ResolveInterval: o.resolveInterval,
@@ -209,6 +219,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		DrainTimeout:    o.drainTimeout,
 		Handler:         jobs.handler,
 		Logger:          logger,
+		Redirect:        redirect,
 	}
 	w, err := worker.New(cfg)
 	if err != nil {
