@@ -1,0 +1,200 @@
+package reversehttp
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// schedWaiter makes a waiter for the scheduler's tests; names tells them
+// apart in what the tests expect.
+func schedWaiter(name string, prio int, key string, weight int, arrived time.Time) *waiter {
+	w := &waiter{since: arrived, tk: &ticket{prio: prio, key: key, weight: weight, arrived: arrived}}
+	w.node.val = w
+	w.ch = make(chan *workerConn, 1)
+	names[w] = name
+	return w
+}
+
+var names = map[*waiter]string{}
+
+// popAll pops every waiter from q at now and names them in order.
+func popAll(q *waitQueue, now time.Time, aging time.Duration) string {
+	var got []string
+	for {
+		var w *waiter
+		if q.sched != nil {
+			w = q.sched.pop(now, aging)
+			if q.sched.n == 0 {
+				q.sched = nil
+			}
+		} else if e, ok := q.fifo.popFront(); ok {
+			w = e
+		}
+		if w == nil {
+			return strings.Join(got, " ")
+		}
+		q.uncount(w)
+		got = append(got, names[w])
+	}
+}
+
+func TestSchedulerPriorityOrder(t *testing.T) {
+	var q waitQueue
+	t0 := time.Now()
+	for i, p := range []int{0, 5, 2, 5, -3, 0} {
+		q.push(schedWaiter(fmt.Sprint(p, "#", i), p, "", 0, t0), false)
+	}
+	if got, want := popAll(&q, t0, time.Hour), "5#1 5#3 2#2 0#0 0#5 -3#4"; got != want {
+		t.Fatalf("served %q, want %q: higher classes first, arrival order within one", got, want)
+	}
+	if q.sched != nil || q.len() != 0 || q.cost != 0 || q.unknown != 0 {
+		t.Fatalf("an empty queue keeps state: %+v", q)
+	}
+}
+
+// TestSchedulerAging: a request that has waited the aging bound goes ahead
+// of every higher class, and not before.
+func TestSchedulerAging(t *testing.T) {
+	var q waitQueue
+	t0 := time.Now()
+	q.push(schedWaiter("low", 0, "", 0, t0), false)
+	for i := range 3 {
+		q.push(schedWaiter(fmt.Sprint("high", i), 9, "", 0, t0.Add(time.Millisecond)), false)
+	}
+	const aging = time.Second
+	if w := q.sched.pop(t0.Add(aging-time.Millisecond), aging); names[w] != "high0" {
+		t.Fatalf("before the bound %s went first, want high0", names[w])
+	}
+	if w := q.sched.pop(t0.Add(aging), aging); names[w] != "low" {
+		t.Fatalf("at the bound %s went first, want low", names[w])
+	}
+	if w := q.sched.pop(t0.Add(aging), aging); names[w] != "high1" {
+		t.Fatalf("then %s, want high1", names[w])
+	}
+}
+
+// TestSchedulerRoundRobin: within a class, keys take turns, each as many
+// at a time as its weight, whoever sent more.
+func TestSchedulerRoundRobin(t *testing.T) {
+	for _, tc := range []struct {
+		weightA int
+		want    string
+	}{
+		{0, "A B A B A A A A"},
+		{2, "A A B A A B A A"},
+	} {
+		var q waitQueue
+		t0 := time.Now()
+		for range 6 {
+			q.push(schedWaiter("A", 0, "a", tc.weightA, t0), false)
+		}
+		for range 2 {
+			q.push(schedWaiter("B", 0, "b", 0, t0), false)
+		}
+		if got := popAll(&q, t0, time.Hour); got != tc.want {
+			t.Errorf("weight %d: served %q, want %q", tc.weightA, got, tc.want)
+		}
+	}
+}
+
+// TestSchedulerRequeueKeepsPlace: a request offered to a worker that could
+// not start it goes back to the head of its flow, in its class.
+func TestSchedulerRequeueKeepsPlace(t *testing.T) {
+	var q waitQueue
+	t0 := time.Now()
+	first := schedWaiter("first", 1, "a", 0, t0)
+	q.push(first, false)
+	q.push(schedWaiter("second", 1, "a", 0, t0), false)
+	q.push(schedWaiter("other", 1, "b", 0, t0), false)
+	w, _ := q.pop(time.Hour)
+	if w != first {
+		t.Fatalf("%s went first", names[w])
+	}
+	q.push(first, true)
+	if got, want := popAll(&q, t0, time.Hour), "first other second"; got != want {
+		t.Fatalf("after the requeue: %q, want %q", got, want)
+	}
+}
+
+// TestSchedulerKeysBounded: however many keys consumers send, the
+// scheduler tracks no more flows than requests wait, and none once they
+// are gone; the queue goes back to the plain list.
+func TestSchedulerKeysBounded(t *testing.T) {
+	var q waitQueue
+	t0 := time.Now()
+	var ws []*waiter
+	for i := range 1000 {
+		w := schedWaiter("x", i%7, fmt.Sprint("tenant-", i), 0, t0)
+		ws = append(ws, w)
+		q.push(w, false)
+	}
+	if n := q.sched.flows(); n != 1000 {
+		t.Fatalf("%d flows for 1000 keys", n)
+	}
+	// Those that leave the queue (timeouts, cancels) take their flow along.
+	for _, w := range ws[:500] {
+		q.remove(w)
+	}
+	if n := q.sched.flows(); n != 500 || q.len() != 500 {
+		t.Fatalf("%d flows for %d waiting", n, q.len())
+	}
+	popAll(&q, t0, time.Hour)
+	if q.sched != nil || q.len() != 0 {
+		t.Fatal("an empty scheduler stays")
+	}
+	// Plain requests go to the list again.
+	q.push(schedWaiter("plain", 0, "", 0, t0), false)
+	if q.sched != nil || q.fifo.len() != 1 {
+		t.Fatal("a plain request after the scheduler emptied did not go to the list")
+	}
+}
+
+// TestSchedulerTakesOverFIFO: the requests waiting in the list when the
+// first one with a class arrives keep their order, as class 0.
+func TestSchedulerTakesOverFIFO(t *testing.T) {
+	var q waitQueue
+	t0 := time.Now()
+	q.push(schedWaiter("p1", 0, "", 0, t0), false)
+	q.push(schedWaiter("p2", 0, "", 0, t0), false)
+	q.push(schedWaiter("hi", 3, "", 0, t0), false)
+	q.push(schedWaiter("p3", 0, "", 0, t0), false)
+	if got, want := popAll(&q, t0, time.Hour), "hi p1 p2 p3"; got != want {
+		t.Fatalf("served %q, want %q", got, want)
+	}
+}
+
+// TestEstimate checks the wait estimate's arithmetic on a known queue.
+func TestEstimate(t *testing.T) {
+	p := newPool("est")
+	for range 4 {
+		p.conns[new(workerConn)] = struct{}{}
+	}
+	if _, ok := p.estimateLocked(nil); ok {
+		t.Fatal("an estimate before any job completed")
+	}
+	p.service.add(200 * time.Millisecond)
+	t0 := time.Now()
+	// Six waiting: four of a route whose jobs take 1 s, two of one
+	// without an estimate (the pool's 200 ms counts for them).
+	for range 4 {
+		w := schedWaiter("slow", 0, "", 0, t0)
+		w.tk.cost = time.Second
+		p.waiting.push(w, false)
+	}
+	for range 2 {
+		p.waiting.push(schedWaiter("new", 0, "", 0, t0), false)
+	}
+	est, ok := p.estimateLocked(&ticket{})
+	// (4×1 s + 2×200 ms + 200 ms running) / 4 slots
+	if want := (4*time.Second + 600*time.Millisecond) / 4; !ok || est != want {
+		t.Fatalf("estimate %v, %v; want %v", est, ok, want)
+	}
+	if got := retryAfterOf(est); got != 2 {
+		t.Fatalf("Retry-After %d for %v, want 2", got, est)
+	}
+	if retryAfterOf(time.Millisecond) != 1 || retryAfterOf(time.Hour) != maxRetryAfter {
+		t.Fatal("Retry-After out of its bounds")
+	}
+}
