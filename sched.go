@@ -135,7 +135,10 @@ func (q *waitQueue) front() (*waiter, bool) {
 
 // scheduler serves the highest class first and, within a class, its flows
 // (one per fair_by key) in weighted round robin: each flow in turn gets as
-// many requests as its weight, then goes to the back of the ring. Every
+// many requests as its weight, then goes to the back of the ring. A flow
+// that had nothing waiting goes ahead of the ring for its first turn, as
+// in fq_codel, so a key that sends little is served next rather than a
+// round later; a flood's flow never empties, so it never goes ahead. Every
 // request costs one dispatch, whatever its duration, so this is deficit
 // round robin with a unit cost, O(1) per dispatch. A request that has
 // waited the pool's aging bound goes ahead of all of them (oldest first),
@@ -152,7 +155,9 @@ type scheduler struct {
 type class struct {
 	prio  int
 	flows map[string]*flow
-	ring  list[*flow] // flows with waiting requests, next to serve first
+	// Flows with waiting requests, next to serve first: those in their
+	// first turn since they had none, then the others.
+	fresh, ring list[*flow]
 	n     int
 }
 
@@ -163,6 +168,7 @@ type flow struct {
 	credit  int // requests it may still take before its turn passes
 	waiters list[*waiter]
 	node    node[*flow]
+	fresh   bool // on the class's fresh list, not its ring
 	cls     *class
 }
 
@@ -198,24 +204,25 @@ func (s *scheduler) push(w *waiter, head bool) {
 	c := s.classOf(prio)
 	f := c.flows[key]
 	if f == nil {
-		f = &flow{key: key, weight: weight, credit: weight, cls: c}
+		f = &flow{key: key, weight: weight, credit: weight, cls: c, fresh: true}
 		f.node.val = f
 		c.flows[key] = f
 		if head {
-			c.ring.pushFront(&f.node)
+			c.fresh.pushFront(&f.node)
 		} else {
-			c.ring.pushBack(&f.node)
+			c.fresh.pushBack(&f.node)
 		}
 	} else {
 		// The weight is what the route of the key's latest request says.
 		f.weight = weight
 		if head {
 			// A requeued request takes back the turn it was served in.
-			if front, _ := c.ring.front(); front == f {
+			if front, _ := c.next(); front == f {
 				f.credit = min(f.credit+1, f.weight)
 			} else {
-				c.ring.remove(&f.node)
-				c.ring.pushFront(&f.node)
+				c.unlist(f)
+				f.fresh = true
+				c.fresh.pushFront(&f.node)
 				f.credit = 1
 			}
 		}
@@ -243,7 +250,7 @@ func (s *scheduler) remove(w *waiter) {
 	c.n--
 	s.n--
 	if f.waiters.len() == 0 {
-		c.ring.remove(&f.node)
+		c.unlist(f)
 		delete(c.flows, f.key)
 	}
 	if c.n == 0 {
@@ -265,17 +272,35 @@ func (s *scheduler) pop(now time.Time, aging time.Duration) *waiter {
 		}
 	}
 	c := s.classes[0]
-	f, _ := c.ring.front()
+	f, _ := c.next()
 	w, _ := f.waiters.front()
 	f.credit--
 	if f.credit <= 0 && f.waiters.len() > 1 {
 		// Its turn is over: the next flow's begins.
 		f.credit = f.weight
-		c.ring.remove(&f.node)
+		c.unlist(f)
+		f.fresh = false
 		c.ring.pushBack(&f.node)
 	}
 	s.remove(w)
 	return w
+}
+
+// next returns the flow whose turn it is.
+func (c *class) next() (*flow, bool) {
+	if f, ok := c.fresh.front(); ok {
+		return f, true
+	}
+	return c.ring.front()
+}
+
+// unlist takes f off the fresh list or the ring.
+func (c *class) unlist(f *flow) {
+	if f.fresh {
+		c.fresh.remove(&f.node)
+	} else {
+		c.ring.remove(&f.node)
+	}
 }
 
 // flows counts the flows the scheduler tracks.
@@ -298,7 +323,7 @@ func (s *scheduler) ahead(t *ticket) int {
 			continue
 		}
 		if c.prio == t.prio {
-			own, others := 0, c.ring.len()
+			own, others := 0, c.fresh.len()+c.ring.len()
 			if f := c.flows[t.key]; f != nil {
 				own = f.waiters.len()
 				others--

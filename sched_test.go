@@ -198,3 +198,18 @@ func TestEstimate(t *testing.T) {
 		t.Fatal("Retry-After out of its bounds")
 	}
 }
+
+// TestSchedulerSparseKeyGoesNext: a key with nothing waiting is served
+// next when a request of it arrives, ahead of a flooding key's turn.
+func TestSchedulerSparseKeyGoesNext(t *testing.T) {
+	var q waitQueue
+	t0 := time.Now()
+	for range 5 {
+		q.push(schedWaiter("A", 0, "a", 0, t0), false)
+	}
+	q.pop(time.Hour)
+	q.push(schedWaiter("B", 0, "b", 0, t0), false)
+	if got, want := popAll(&q, t0, time.Hour), "B A A A A"; got != want {
+		t.Fatalf("served %q, want %q", got, want)
+	}
+}
