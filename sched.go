@@ -158,7 +158,7 @@ type class struct {
 	// Flows with waiting requests, next to serve first: those in their
 	// first turn since they had none, then the others.
 	fresh, ring list[*flow]
-	n     int
+	n           int
 }
 
 // flow is one key's waiting requests within a class.
