@@ -135,6 +135,7 @@ type waiter struct {
 	ch    chan *workerConn // receives the connection, or nil on drain
 	since time.Time        // when it joined the queue
 	tk    *ticket          // its class, key and estimate; nil for none
+	err   error            // why it was taken out without a connection; nil: the pool closed
 	// With the scheduler: its place in arrival order, and its flow.
 	age  node[*waiter]
 	flow *flow
@@ -201,8 +202,15 @@ func (p *Pool) take(ctx context.Context, deadline time.Time, tk *ticket, head bo
 		return c, nil
 	}
 	if !head && p.limits.maxQueue > 0 && p.waiting.len() >= p.limits.maxQueue {
-		p.mu.Unlock()
-		return nil, errQueueFull
+		// A flooding fair_by key gives up its newest request for
+		// another key's.
+		out := p.waiting.pushOut(tk)
+		if out == nil {
+			p.mu.Unlock()
+			return nil, errQueueFull
+		}
+		out.err = errQueueFull
+		out.ch <- nil
 	}
 	if !head && tk != nil && tk.admit {
 		// A request the queue would keep past its deadline is better
@@ -223,6 +231,9 @@ func (p *Pool) take(ctx context.Context, deadline time.Time, tk *ticket, head bo
 	select {
 	case c := <-w.ch:
 		if c == nil {
+			if w.err != nil {
+				return nil, w.err
+			}
 			return nil, errPoolClosed
 		}
 		return c, nil

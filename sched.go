@@ -97,6 +97,19 @@ func (q *waitQueue) remove(w *waiter) {
 	q.uncount(w)
 }
 
+// pushOut takes a request out of a full queue to make room for one with
+// ticket t (see scheduler.pushOut); nil if it takes none.
+func (q *waitQueue) pushOut(t *ticket) *waiter {
+	if q.sched == nil || t.plain() {
+		return nil
+	}
+	w := q.sched.pushOut(t)
+	if w != nil {
+		q.uncount(w)
+	}
+	return w
+}
+
 func (q *waitQueue) uncount(w *waiter) {
 	if w.tk != nil && w.tk.cost > 0 {
 		q.cost -= w.tk.cost
@@ -149,6 +162,10 @@ type scheduler struct {
 	classes  []*class      // those with waiting requests, the highest priority first
 	arrivals list[*waiter] // every waiting request in arrival order
 	n        int
+	// heavy is the flow with the most waiting requests, as last seen
+	// when one joined it: the one a full queue takes a request from to
+	// make room for another key's (see pushOut).
+	heavy *flow
 }
 
 // class is one priority's waiting requests.
@@ -229,6 +246,9 @@ func (s *scheduler) push(w *waiter, head bool) {
 	}
 	w.flow = f
 	w.age.val = w
+	if s.heavy == nil || f.waiters.len() >= s.heavy.waiters.len() {
+		s.heavy = f
+	}
 	if head {
 		f.waiters.pushFront(&w.node)
 		s.arrivals.pushFront(&w.age)
@@ -252,6 +272,9 @@ func (s *scheduler) remove(w *waiter) {
 	if f.waiters.len() == 0 {
 		c.unlist(f)
 		delete(c.flows, f.key)
+		if s.heavy == f {
+			s.heavy = nil
+		}
 	}
 	if c.n == 0 {
 		i := slices.Index(s.classes, c)
@@ -284,6 +307,41 @@ func (s *scheduler) pop(now time.Time, aging time.Duration) *waiter {
 	}
 	s.remove(w)
 	return w
+}
+
+// pushOut makes room in a full queue for a request with ticket t: it
+// takes out the newest request of the heaviest flow, if that flow is
+// another key's in a class no higher than t's and holds more than one
+// request beyond what t's flow would then hold. So a key that floods the
+// queue cannot shut others out of it; it loses its own latest requests
+// instead. It returns the request taken out, nil if none.
+func (s *scheduler) pushOut(t *ticket) *waiter {
+	h := s.heavy
+	if h == nil || h.cls.prio > t.prio || (h.cls.prio == t.prio && h.key == t.key) {
+		return nil
+	}
+	own := 0
+	if c := s.find(t.prio); c != nil {
+		if f := c.flows[t.key]; f != nil {
+			own = f.waiters.len()
+		}
+	}
+	if h.waiters.len() <= own+1 {
+		return nil
+	}
+	e := h.waiters.tail
+	s.remove(e.val)
+	return e.val
+}
+
+// find returns the class of priority prio, nil if none waits.
+func (s *scheduler) find(prio int) *class {
+	for _, c := range s.classes {
+		if c.prio == prio {
+			return c
+		}
+	}
+	return nil
 }
 
 // next returns the flow whose turn it is.

@@ -331,3 +331,39 @@ func TestAdmitByEstimate(t *testing.T) {
 	close(log.release)
 	waitAll(t, dones)
 }
+
+// TestFairByFullQueue: a key that fills the queue gives up its newest
+// requests to make room for another key's, down to an even share; past
+// that, the full queue refuses as ever.
+func TestFairByFullQueue(t *testing.T) {
+	h := newHub(t, schedConfig("max_queue 4", "fair_by {http.request.header.X-Tenant}"))
+	p := livePool(t, "jobs")
+	log := newOrderLog(0)
+	startWorker(t, h, "jobs", "secret", 1, log)
+	var reqs [][]string
+	for i := range 4 {
+		reqs = append(reqs, []string{fmt.Sprint("a", i+1), "X-Tenant", "a"})
+	}
+	dones := queueBehindBlocker(t, h, p, reqs)
+	b1 := sendAsync(t.Context(), h, "b1", "X-Tenant", "b")
+	if code := <-dones[4]; code != http.StatusServiceUnavailable {
+		t.Fatalf("a4, the flood's newest, got %d when b1 came to the full queue; want 503", code)
+	}
+	b2 := sendAsync(t.Context(), h, "b2", "X-Tenant", "b")
+	if code := <-dones[3]; code != http.StatusServiceUnavailable {
+		t.Fatalf("a3 got %d when b2 came; want 503", code)
+	}
+	waitFor(t, "b1 and b2 queued", func() bool { return p.Stats().Waiting == 4 })
+	// Two each: the next of b is refused itself.
+	if code := <-sendAsync(t.Context(), h, "b3", "X-Tenant", "b"); code != http.StatusServiceUnavailable {
+		t.Fatalf("b3 got %d from a queue evenly shared; want 503", code)
+	}
+	if n := p.obs.requests[outcomeQueueFull].Load(); n != 3 {
+		t.Fatalf("queue_full counts %d, want 3", n)
+	}
+	close(log.release)
+	waitAll(t, []<-chan int{dones[0], dones[1], dones[2], b1, b2})
+	if got := strings.Join(log.served(), " "); got != "blocker a1 b1 a2 b2" {
+		t.Fatalf("served %q", got)
+	}
+}
