@@ -48,6 +48,9 @@ type Pool struct {
 	// service estimates how long a job holds its connection, from the
 	// pool's completed jobs (sched.go).
 	service ewma
+	// promised is the latest time a Retry-After told a refused request
+	// to come back; zero once a request found a connection idle.
+	promised time.Time
 
 	// Counters since the pool was created.
 	joined   atomic.Uint64 // worker connections admitted
@@ -198,6 +201,9 @@ func (p *Pool) take(ctx context.Context, deadline time.Time, tk *ticket, head bo
 	}
 	if c := p.pickIdleLocked(avoid); c != nil {
 		p.takeIdleLocked(c)
+		if !p.promised.IsZero() {
+			p.promised = time.Time{} // the pool has room: the promises are kept
+		}
 		p.mu.Unlock()
 		return c, nil
 	}

@@ -448,13 +448,25 @@ const maxRetryAfter = 300
 // retryAfter is the Retry-After, in seconds, for a request with ticket t
 // refused with err: the estimated wait of a request that joined the queue
 // now, which is when a retry would likely be served at once; 1 when there
-// is no estimate, or the cause was no queue.
+// is no estimate, or the cause was no queue. Requests refused one after
+// the other are told times a job's share of a slot apart, the pace at
+// which the pool frees slots, so that consumers who obey do not all come
+// back at once to a queue with room for a few.
 func (p *Pool) retryAfter(t *ticket, err error) int {
 	if !errorsIsQueueWait(err) {
 		return retryAfterSeconds
 	}
 	p.mu.Lock()
 	est, ok := p.estimateLocked(t)
+	if ok {
+		now := time.Now()
+		at := now.Add(est)
+		if next := p.promised.Add(p.service.get() / time.Duration(len(p.conns))); next.After(at) {
+			at = next
+		}
+		p.promised = at
+		est = at.Sub(now)
+	}
 	p.mu.Unlock()
 	if !ok {
 		return retryAfterSeconds

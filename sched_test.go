@@ -2,6 +2,7 @@ package reversehttp
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -193,6 +194,15 @@ func TestEstimate(t *testing.T) {
 	}
 	if got := retryAfterOf(est); got != 2 {
 		t.Fatalf("Retry-After %d for %v, want 2", got, est)
+	}
+	// Requests refused one after the other are told to come back a
+	// job's share of a slot (50 ms) apart.
+	var advised []int
+	for range 20 {
+		advised = append(advised, p.retryAfter(&ticket{}, errQueueFull))
+	}
+	if advised[0] != 2 || advised[19] != 3 || !slices.IsSorted(advised) {
+		t.Fatalf("Retry-After of 20 refusals in a row: %v; want 2 (1.15 s) rising to 3 (2.1 s)", advised)
 	}
 	if retryAfterOf(time.Millisecond) != 1 || retryAfterOf(time.Hour) != maxRetryAfter {
 		t.Fatal("Retry-After out of its bounds")
