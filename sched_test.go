@@ -223,3 +223,38 @@ func TestSchedulerSparseKeyGoesNext(t *testing.T) {
 		t.Fatalf("served %q, want %q", got, want)
 	}
 }
+
+// BenchmarkQueuePushPop measures one request through the queue (pop the
+// next, push it back, with 1,000 waiting): the plain list, and the
+// scheduler with keys and classes.
+func BenchmarkQueuePushPop(b *testing.B) {
+	for _, tc := range []struct {
+		name        string
+		keys, prios int
+	}{{"fifo", 0, 0}, {"keys=100", 100, 0}, {"keys=100/classes=4", 100, 4}} {
+		b.Run(tc.name, func(b *testing.B) {
+			var q waitQueue
+			t0 := time.Now()
+			ws := make([]*waiter, 1000)
+			for i := range ws {
+				tk := &ticket{arrived: t0}
+				if tc.keys > 0 {
+					tk.key = fmt.Sprint("k", i%tc.keys)
+				}
+				if tc.prios > 0 {
+					tk.prio = i % tc.prios
+				}
+				ws[i] = &waiter{since: t0, tk: tk}
+				ws[i].node.val = ws[i]
+			}
+			for _, w := range ws {
+				q.push(w, false)
+			}
+			b.ResetTimer()
+			for range b.N {
+				w, _ := q.pop(time.Hour)
+				q.push(w, false)
+			}
+		})
+	}
+}
