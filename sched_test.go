@@ -2,6 +2,7 @@ package reversehttp
 
 import (
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -256,5 +257,24 @@ func BenchmarkQueuePushPop(b *testing.B) {
 				q.push(w, false)
 			}
 		})
+	}
+}
+
+// BenchmarkRouteBookkeeping times what a route without scheduling options
+// adds to each request: filling its ticket and, once it is served,
+// updating the pool's and the route's service-time averages.
+func BenchmarkRouteBookkeeping(b *testing.B) {
+	h := &Handler{}
+	if err := h.provisionSched(); err != nil {
+		b.Fatal(err)
+	}
+	p := newPool("bench")
+	r, _ := http.NewRequest(http.MethodGet, "http://example.com/", nil)
+	now := time.Now()
+	b.ReportAllocs()
+	for range b.N {
+		var tk ticket
+		h.ticket(r, now, &tk)
+		h.served(p, 5*time.Millisecond)
 	}
 }
