@@ -278,3 +278,30 @@ func BenchmarkRouteBookkeeping(b *testing.B) {
 		h.served(p, 5*time.Millisecond)
 	}
 }
+
+// TestSchedJSONErrors: the handler's scheduling options in JSON are
+// checked when it is provisioned, as the Caddyfile checks them.
+func TestSchedJSONErrors(t *testing.T) {
+	for _, tc := range []struct {
+		h    Handler
+		want string
+	}{
+		{Handler{Priority: "urgent"}, `priority must be an integer from -1000 to 1000, or placeholders, not "urgent"`},
+		{Handler{Priority: "-1001"}, `not "-1001"`},
+		{Handler{FairWeights: map[string]int{"gold": 2}}, "fair_weights need fair_by"},
+		{Handler{FairBy: "{remote_host}", FairWeights: map[string]int{"gold": 1001}}, `fair_by weight of "gold" must be from 1 to 1000, not 1001`},
+	} {
+		err := tc.h.provisionSched()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: got %v, want %q", tc.h, err, tc.want)
+		}
+	}
+	ok := Handler{Priority: "{http.request.header.X-Priority}", FairBy: "{remote_host}", FairWeights: map[string]int{"gold": 1000}}
+	if err := ok.provisionSched(); err != nil || !ok.sched.prioExpr {
+		t.Fatalf("valid options: %v", err)
+	}
+	c := Handler{Priority: "-7"}
+	if err := c.provisionSched(); err != nil || c.sched.prio != -7 || c.sched.prioExpr {
+		t.Fatalf("constant priority: %v %+v", err, c.sched)
+	}
+}
