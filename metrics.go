@@ -24,7 +24,7 @@ var (
 	descWorkers = prometheus.NewDesc(metricPrefix+"workers",
 		"Worker connections (slots) now, by state: idle (waiting for a job) or busy (taken by a request).", []string{"pool", "state"}, nil)
 	descRequests = prometheus.NewDesc(metricPrefix+"requests_total",
-		"Requests the pool handled, by outcome: ok (a worker answered), queue_full, queue_timeout, worker_failed, response_timeout, cancelled_queued, cancelled_running, pool_closed.", []string{"pool", "outcome"}, nil)
+		"Requests the pool handled, by outcome: ok (a worker answered), queue_full, queue_timeout, worker_failed, response_timeout, cancelled_queued, cancelled_running, pool_closed, refused_estimate (admit_by_estimate).", []string{"pool", "outcome"}, nil)
 	descRequeues = prometheus.NewDesc(metricPrefix+"requeues_total",
 		"Requests given to another worker connection because the first could not have started them, by reason: declined, not_started, stale_connection.", []string{"pool", "reason"}, nil)
 	descHandshakes = prometheus.NewDesc(metricPrefix+"handshakes_total",
