@@ -238,6 +238,7 @@ func (j *execJob) finish(cause, readErr error) {
 // fail answers status if no output was sent, and otherwise cuts off the
 // response (net/http closes the connection without ending the body).
 func (j *execJob) fail(status int, msg string) {
+	jobFailed(j.w)
 	if j.wrote > 0 {
 		panic(http.ErrAbortHandler)
 	}

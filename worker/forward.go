@@ -161,6 +161,7 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	f.log.Warn("upstream request failed", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
+	jobFailed(w)
 	w.WriteHeader(http.StatusBadGateway)
 }
 

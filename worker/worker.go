@@ -138,6 +138,12 @@ type Config struct {
 	Health *Health
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger
+	// Observer, if not nil, is told of every job and of every attempt to
+	// connect to a hub, for metrics (see [Observer]). With an Observer
+	// the Handler's ResponseWriter and request body are wrappers that
+	// count bytes: reach the server's through http.ResponseController,
+	// as with any middleware.
+	Observer Observer
 }
 
 // HandshakeError is returned by Run when the hub rejects the very first
