@@ -204,6 +204,9 @@ func (w *jobWriter) Write(p []byte) (int, error) {
 func (w *jobWriter) Flush() { _ = w.FlushError() }
 
 func (w *jobWriter) FlushError() error {
+	if f, ok := w.ResponseWriter.(interface{ FlushError() error }); ok {
+		return f.FlushError() // the server's, without a controller per flush
+	}
 	return http.NewResponseController(w.ResponseWriter).Flush()
 }
 
