@@ -78,7 +78,7 @@ type Job struct {
 	in, out  atomic.Int64
 	status   atomic.Int32
 	duration atomic.Int64
-	outcome  atomic.Value // Outcome, set before JobEnded
+	outcome  atomic.Int32 // index in outcomes + 1, set before JobEnded
 
 	rw   jobWriter
 	body jobBody
@@ -96,9 +96,14 @@ func (j *Job) Status() int { return int(j.status.Load()) }
 
 // Outcome is how the job ended; "" while it runs.
 func (j *Job) Outcome() Outcome {
-	o, _ := j.outcome.Load().(Outcome)
-	return o
+	if i := j.outcome.Load(); i > 0 {
+		return outcomes[i-1]
+	}
+	return ""
 }
+
+// outcomes lists every Outcome, for Job's compact record of one.
+var outcomes = [...]Outcome{OutcomeOK, OutcomeFailed, OutcomeCancelled, OutcomeDeclined, OutcomeNoSlot}
 
 // Duration is how long the job took, from Started until its Handler
 // returned; 0 while it runs.
@@ -118,7 +123,11 @@ func newJobInfo(r *http.Request, c *hubConn) *Job {
 // end records how the job ended and tells the Observer.
 func (j *Job) end(obs Observer, o Outcome) {
 	j.duration.Store(int64(time.Since(j.Started)))
-	j.outcome.Store(o)
+	for i, oc := range outcomes {
+		if oc == o {
+			j.outcome.Store(int32(i + 1))
+		}
+	}
 	obs.JobEnded(j)
 }
 
