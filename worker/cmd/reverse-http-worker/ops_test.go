@@ -308,7 +308,7 @@ func TestMetricsListenerLimits(t *testing.T) {
 	}
 	defer ms.stop()
 	addr := ms.ln.Addr().String()
-	get := func(path string, hdr http.Header) *http.Response {
+	get := func(path string, hdr http.Header) (*http.Response, string) {
 		t.Helper()
 		req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
 		// A fresh connection each: on a kept-alive one net/http lets a
@@ -321,20 +321,20 @@ func TestMetricsListenerLimits(t *testing.T) {
 		if err != nil {
 			t.Fatalf("GET %s: %v", path, err)
 		}
-		io.Copy(io.Discard, resp.Body)
+		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		return resp
+		return resp, string(body)
 	}
 
 	// A head just within the bound passes; one beyond it gets 431.
-	if resp := get("/metrics", http.Header{"X-Big": {strings.Repeat("a", metricsMaxHeader)}}); resp.StatusCode != 200 {
+	if resp, _ := get("/metrics", http.Header{"X-Big": {strings.Repeat("a", metricsMaxHeader)}}); resp.StatusCode != 200 {
 		t.Errorf("head of %d bytes: %d", metricsMaxHeader, resp.StatusCode)
 	}
-	if resp := get("/metrics", http.Header{"X-Big": {strings.Repeat("a", metricsMaxHeader+5<<10)}}); resp.StatusCode != 431 {
+	if resp, _ := get("/metrics", http.Header{"X-Big": {strings.Repeat("a", metricsMaxHeader+5<<10)}}); resp.StatusCode != 431 {
 		t.Errorf("head of %d bytes: %d, want 431", metricsMaxHeader+5<<10, resp.StatusCode)
 	}
 	for path, want := range map[string]int{"/": 200, "/jobs": 200, "/nope": 404} {
-		if resp := get(path, nil); resp.StatusCode != want {
+		if resp, _ := get(path, nil); resp.StatusCode != want {
 			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
 		}
 	}
@@ -359,11 +359,17 @@ func TestMetricsListenerLimits(t *testing.T) {
 	o.reg.MustRegister(b)
 	var wg sync.WaitGroup
 	for range maxScrapes {
-		wg.Go(func() { get("/metrics", nil) })
+		wg.Go(func() {
+			if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
 		<-b.entered
 	}
-	if resp := get("/metrics", nil); resp.StatusCode != 503 {
-		t.Errorf("scrape beyond %d at once: %d, want 503", maxScrapes, resp.StatusCode)
+	// (The scrape timeout would answer 503 too, later and saying so.)
+	if resp, body := get("/metrics", nil); resp.StatusCode != 503 || !strings.Contains(body, "Limit of concurrent requests reached") {
+		t.Errorf("scrape beyond %d at once: %d %q, want 503 for the limit", maxScrapes, resp.StatusCode, body)
 	}
 	close(b.release)
 	wg.Wait()
