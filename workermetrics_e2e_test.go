@@ -73,8 +73,8 @@ func waitWorkerMetric(t *testing.T, addr string, want float64, name string, labe
 // TestE2EWorkerMetrics runs the worker binary with --metrics against Caddy
 // and the sample app, sends a known sequence of jobs, and reads /jobs and
 // /metrics while a slow one runs and after each kind of ending: answered
-// (an app's own 502 among them), cancelled by the consumer, failed when
-// the app dies mid-job, and declined while it is down.
+// (an app's own 502 among them), cancelled by the consumer, declined while
+// the app is down, and failed when it dies mid-job.
 func TestE2EWorkerMetrics(t *testing.T) {
 	app := startSampleApp(t)
 	h := newHub(t, drainConfig)
@@ -132,17 +132,20 @@ func TestE2EWorkerMetrics(t *testing.T) {
 		}
 	}
 	expectWorker(m, map[string]float64{
-		series("reverse_http_worker_jobs_total", "outcome", "ok"):                                5,
-		series("reverse_http_worker_jobs_total", "outcome", "cancelled"):                         0,
-		series("reverse_http_worker_slots"):                                                      2,
-		series("reverse_http_worker_slots_busy"):                                                 1,
-		series("reverse_http_worker_healthy"):                                                    1,
-		series("reverse_http_worker_hub_connections", hub...):                                    2,
-		series("reverse_http_worker_hub_connect_attempts_total", append(hub, "result", "ok")...): 2,
-		series("reverse_http_worker_hub_reconnects_total", hub...):                               0,
-		series("reverse_http_worker_job_body_bytes_total", "direction", "in"):                    1000,
-		series("reverse_http_worker_job_duration_seconds_count"):                                 5,
+		series("reverse_http_worker_jobs_total", "outcome", "ok"):             5,
+		series("reverse_http_worker_jobs_total", "outcome", "cancelled"):      0,
+		series("reverse_http_worker_slots"):                                   2,
+		series("reverse_http_worker_slots_busy"):                              1,
+		series("reverse_http_worker_healthy"):                                 1,
+		series("reverse_http_worker_hub_reconnects_total", hub...):            0,
+		series("reverse_http_worker_job_body_bytes_total", "direction", "in"): 1000,
+		series("reverse_http_worker_job_duration_seconds_count"):              5,
 	})
+	// Both slots are connected; a connection may have been redialled.
+	m = waitWorkerMetric(t, maddr, 2, "reverse_http_worker_hub_connections", hub...)
+	if n := m.values[series("reverse_http_worker_hub_connect_attempts_total", append(hub, "result", "ok")...)]; n < 2 {
+		t.Errorf("%v successful connect attempts, want at least the 2 slots", n)
+	}
 
 	// The consumer leaves a running job: the hub closes its connection.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -160,15 +163,12 @@ func TestE2EWorkerMetrics(t *testing.T) {
 	}
 	expectWorker(m, map[string]float64{series("reverse_http_worker_job_duration_seconds_count"): 7})
 
-	// The app dies mid-job: failed; then jobs are declined while it is
-	// down, and the worker leaves the hub.
-	dying := goGet(t, h.site+"/sleep?ms=20000")
-	waitFor(t, "the third job to run", func() bool { return app.running(t) == 1 })
+	// The app dies while the worker is idle: the next job finds it gone
+	// before anything was sent, and is declined; the worker leaves the hub.
+	_, appBin := e2eBinaries(t)
+	appAddr := strings.TrimPrefix(app.url, "http://")
 	app.cmd.Process.Kill()
-	if r := receive(t, "job on the dying app", dying, 10*time.Second); r.status != http.StatusBadGateway {
-		t.Errorf("job on the dying app: %v, want 502", r)
-	}
-	waitWorkerMetric(t, maddr, 1, "reverse_http_worker_jobs_total", "outcome", "failed")
+	app.wait(t, 10*time.Second)
 	if resp, _ := h.get("/hello"); resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("/hello with the app down: %d, want 503 after the queue timeout", resp.StatusCode)
 	}
@@ -177,9 +177,22 @@ func TestE2EWorkerMetrics(t *testing.T) {
 		t.Errorf("%v jobs declined, want 1 (or 2: the request requeued to the other slot before the worker left)", d)
 	}
 	waitWorkerMetric(t, maddr, 0, "reverse_http_worker_hub_connections", hub...)
+
+	// The app comes back, and dies mid-job: failed.
+	app2 := startProc(t, "sample-app-2", appBin, nil, "--listen", appAddr)
+	waitWorkerMetric(t, maddr, 1, "reverse_http_worker_healthy")
+	waitPoolConns(t, w, 2, 10*time.Second)
+	dying := goGet(t, h.site+"/sleep?ms=20000")
+	waitWorkerMetric(t, maddr, 1, "reverse_http_worker_slots_busy")
+	app2.cmd.Process.Kill()
+	if r := receive(t, "job on the dying app", dying, 10*time.Second); r.status != http.StatusBadGateway {
+		t.Errorf("job on the dying app: %v, want 502", r)
+	}
+	waitWorkerMetric(t, maddr, 1, "reverse_http_worker_jobs_total", "outcome", "failed")
 	expectWorker(workerScrape(t, maddr), map[string]float64{
-		series("reverse_http_worker_jobs_total", "outcome", "ok"):      6,
-		series("reverse_http_worker_jobs_total", "outcome", "no_slot"): 0,
-		series("reverse_http_worker_slots_busy"):                       0,
+		series("reverse_http_worker_jobs_total", "outcome", "ok"):        6,
+		series("reverse_http_worker_jobs_total", "outcome", "cancelled"): 1,
+		series("reverse_http_worker_jobs_total", "outcome", "no_slot"):   0,
+		series("reverse_http_worker_slots_busy"):                         0,
 	})
 }

@@ -70,9 +70,9 @@ type job struct {
 
 	// For the Observer (see observe.go), on the handler's goroutine: how
 	// the job went, and what the Observer was given.
-	declined, failed, returned bool
-	info                       *Job            // nil without an Observer
-	ctx                        context.Context // the Handler's
+	declined, failed, cancelled, returned bool
+	info                                  *Job            // nil without an Observer
+	ctx                                   context.Context // the Handler's
 }
 
 // free gives the job's slot back: its handler declined it, or returned.

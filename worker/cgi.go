@@ -234,6 +234,7 @@ func (c *CGI) finish(ctx context.Context, r *http.Request, cw *cgiWriter, attrs 
 			cause = errors.New("the hub closed the connection")
 		}
 		c.log.Info("job cancelled", append(attrs, "reason", cause.Error())...)
+		jobCancelled(cw)
 		panic(http.ErrAbortHandler)
 	case cw.status == 0:
 		// net/http/cgi gives up on some bad heads without a status.

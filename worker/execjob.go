@@ -225,6 +225,7 @@ func (j *execJob) finish(cause, readErr error) {
 			cause = errors.New("the hub closed the connection")
 		}
 		j.e.log.Info("job cancelled: killed its command's process group", append(attrs, "reason", cause.Error())...)
+		jobCancelled(j.w)
 		panic(http.ErrAbortHandler)
 	default:
 		if readErr != nil {

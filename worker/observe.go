@@ -3,6 +3,7 @@ package worker
 import (
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,9 +48,13 @@ const (
 	// sent (502) or broke off mid-response, a command or CGI script
 	// failed or timed out (502, 504), or the Handler panicked.
 	OutcomeFailed Outcome = "failed"
-	// OutcomeCancelled: the hub closed the connection before the Handler
-	// returned (its consumer went away, or the hub drained), or the
-	// Worker's drain timeout closed it.
+	// OutcomeCancelled: the hub closed the connection before the job
+	// ended (its consumer went away, or the hub drained), or the
+	// Worker's drain timeout closed it: the Forwarder, an Exec or a CGI
+	// saw it, or the Handler panicked or had sent no response head by
+	// then. A Handler that returns normally after it sent a head counts
+	// as OutcomeOK, since the hub may close a connection once it has read
+	// a whole response.
 	OutcomeCancelled Outcome = "cancelled"
 	// OutcomeDeclined: the Handler declined the job ([Decline]), as the
 	// Forwarder does while its upstream cannot be reached; the hub gave
@@ -79,6 +84,7 @@ type Job struct {
 	in, out  atomic.Int64
 	status   atomic.Int32
 	duration atomic.Int64
+	length   int64        // the Content-Length of the response head; -1 for none. On the Handler's goroutine.
 	outcome  atomic.Int32 // index in outcomes + 1, set before JobEnded
 
 	rw   jobWriter
@@ -113,6 +119,7 @@ func (j *Job) Duration() time.Duration { return time.Duration(j.duration.Load())
 // newJobInfo describes the job r, which came on c.
 func newJobInfo(r *http.Request, c *hubConn) *Job {
 	return &Job{
+		length:    -1,
 		RequestID: r.Header.Get("X-Request-Id"),
 		Method:    r.Method,
 		Path:      r.URL.Path,
@@ -151,12 +158,24 @@ func (w *Worker) observe(j *job, rw http.ResponseWriter, r *http.Request) (http.
 }
 
 // ended tells the Observer how the job j, which observe saw start, ended.
+//
+// A closed connection alone does not make a job cancelled: the hub may
+// close it (for a reload, say) as soon as it has read a whole response,
+// and a response whose length was declared may be whole before the
+// Handler has returned. So a job is cancelled when a Handler of this
+// package says so, or when the connection had closed and the response
+// was not whole: the Handler panicked (as one does when its writes fail),
+// or had not written all the bytes its head declared, or declared none
+// (the end of a chunked body, or the head itself, is sent only once the
+// Handler has returned).
 func (j *job) ended() {
+	gone := j.ctx.Err() != nil
+	whole := j.returned && j.info.status.Load() != 0 && j.info.length >= 0 && j.info.out.Load() >= j.info.length
 	o := OutcomeOK
 	switch {
 	case j.declined:
 		o = OutcomeDeclined
-	case j.ctx.Err() != nil:
+	case j.cancelled || gone && !whole:
 		o = OutcomeCancelled
 	case j.failed || !j.returned:
 		o = OutcomeFailed
@@ -175,17 +194,33 @@ func (w *Worker) observeNoSlot(r *http.Request, c *hubConn) {
 // (see OutcomeFailed). The Handlers of this package call it where they
 // answer 502 or 504 themselves.
 func jobFailed(w http.ResponseWriter) {
+	if j := findJob(w); j != nil {
+		j.failed = true
+	}
+}
+
+// jobCancelled records that the Handler of the job w saw the hub close the
+// connection (see OutcomeCancelled).
+func jobCancelled(w http.ResponseWriter) {
+	if j := findJob(w); j != nil {
+		j.cancelled = true
+	}
+}
+
+// findJob returns the job that w, or a ResponseWriter it wraps, answers;
+// nil if none.
+func findJob(w http.ResponseWriter) *job {
 	for w != nil {
 		if v, ok := jobs.Load(w); ok {
-			v.(*job).failed = true
-			return
+			return v.(*job)
 		}
 		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
 		if !ok {
-			return
+			return nil
 		}
 		w = u.Unwrap()
 	}
+	return nil
 }
 
 // jobWriter counts the response bytes of an observed job and notes its
@@ -197,16 +232,30 @@ type jobWriter struct {
 
 func (w *jobWriter) WriteHeader(code int) {
 	if code >= 200 {
-		w.j.status.CompareAndSwap(0, int32(code))
+		w.head(code)
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *jobWriter) Write(p []byte) (int, error) {
-	w.j.status.CompareAndSwap(0, http.StatusOK)
+	if w.j.status.Load() == 0 {
+		w.head(http.StatusOK)
+	}
 	n, err := w.ResponseWriter.Write(p)
 	w.j.out.Add(int64(n))
 	return n, err
+}
+
+// head notes the status and the declared length of the response head
+// being sent.
+func (w *jobWriter) head(code int) {
+	if !w.j.status.CompareAndSwap(0, int32(code)) {
+		return
+	}
+	w.j.length = -1
+	if n, err := strconv.ParseInt(w.ResponseWriter.Header().Get("Content-Length"), 10, 64); err == nil && n >= 0 {
+		w.j.length = n
+	}
 }
 
 // Flush and FlushError serve Handlers that look for http.Flusher; others

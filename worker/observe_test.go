@@ -133,6 +133,15 @@ func TestObserverOutcomes(t *testing.T) {
 		}
 	})
 	mux.Handle("/fail", NewForwarder(brokenUpstream(t), slog.New(slog.DiscardHandler)))
+	// /length/N declares N bytes, sends 5, and returns once the hub has
+	// closed the connection.
+	mux.HandleFunc("/length/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strings.TrimPrefix(r.URL.Path, "/length/"))
+		io.WriteString(w, "hello")
+		http.NewResponseController(w).Flush()
+		holding <- struct{}{}
+		<-r.Context().Done()
+	})
 	rw := startWorker(t, a, Config{Hubs: []string{b.addr()}, Observer: obs, Handler: mux,
 		Logger: slog.New(slog.DiscardHandler)})
 	sa, sb := a.next(t), b.next(t)
@@ -208,6 +217,27 @@ func TestObserverOutcomes(t *testing.T) {
 	}
 	if e := obs.last(t, 7); e.outcome != OutcomeFailed || e.status != 502 {
 		t.Errorf("failed job: %+v", e)
+	}
+
+	// The hub closes the connection once it has the whole response, before
+	// the Handler returns (as for a reload): ok. Closed before the
+	// declared length was sent: cancelled.
+	req = get("/length/5")
+	req.Write(sa.c)
+	<-holding
+	if resp, body := sa.read(t, req); resp.StatusCode != 200 || body != "hello" {
+		t.Fatalf("/length/5: %d %q", resp.StatusCode, body)
+	}
+	sa.c.Close()
+	if e := obs.last(t, 8); e.outcome != OutcomeOK || e.out != 5 {
+		t.Errorf("a whole response, then the hub hung up: %+v", e)
+	}
+	sa = a.next(t)
+	get("/length/10").Write(sa.c)
+	<-holding
+	sa.c.Close()
+	if e := obs.last(t, 9); e.outcome != OutcomeCancelled || e.out != 5 {
+		t.Errorf("half a response, then the hub hung up: %+v", e)
 	}
 	if run := obs.runningJobs(); len(run) != 0 {
 		t.Errorf("still running: %+v", run)

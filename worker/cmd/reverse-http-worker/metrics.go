@@ -87,7 +87,7 @@ func newObserver(hubs []string) *observer {
 	jobs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "reverse_http_worker_jobs_total",
 		Help: "Jobs that arrived, by how they ended: ok (answered, whatever the status), failed (the upstream request failed once sent, " +
-			"or broke off; the command or script failed or timed out), cancelled (the hub closed the connection first), " +
+			"or broke off; the command or script failed or timed out), cancelled (the hub closed the connection before the response was whole), " +
 			"declined (the upstream, command or script could not be reached), no_slot (no free slot or a gate closed).",
 	}, []string{"outcome"})
 	for _, oc := range outcomes {
