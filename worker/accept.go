@@ -67,6 +67,12 @@ type job struct {
 	hc       *hubConn // the connection it came on
 	auto     bool     // the Worker accepts it before it calls the Handler
 	freeOnce sync.Once
+
+	// For the Observer (see observe.go), on the handler's goroutine: how
+	// the job went, and what the Observer was given.
+	declined, failed, cancelled, returned bool
+	info                                  *Job            // nil without an Observer
+	ctx                                   context.Context // the Handler's
 }
 
 // free gives the job's slot back: its handler declined it, or returned.
@@ -104,6 +110,7 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !hc.takeSlot() {
+		w.observeNoSlot(r, hc)
 		w.declineFull(rw, r)
 		return
 	}
@@ -113,6 +120,10 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 		jobs.Delete(rw)
 		j.free()
 	}()
+	if w.cfg.Observer != nil {
+		rw, r = w.observe(j, rw, r)
+		defer j.ended()
+	}
 	if hc.accept && expectsContinue(r) {
 		j.auto = !w.lateAccept
 		r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
@@ -127,6 +138,7 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 	} else {
 		w.cfg.Handler.ServeHTTP(rw, r)
 	}
+	j.returned = true
 }
 
 // declineFull declines a job that arrived when no slot was free or a gate
@@ -159,8 +171,10 @@ func declined(w http.ResponseWriter) {
 			j := v.(*job)
 			j.free()
 			if !j.accepted.Load() {
+				j.declined = true
 				return
 			}
+			j.failed = true
 			hint := "call Decline before Accept"
 			if j.auto {
 				hint = "wrap the Handler in worker.AcceptLater to decline jobs"

@@ -347,6 +347,7 @@ func (w *Worker) slotLoop(l *hubListener, ep *endpoint, slot int, fatal chan<- e
 				ep.redial.failed(probe)
 				return
 			}
+			w.attemptFailed(ep, err)
 			if !w.everConnected.Load() {
 				if ferr := w.permanent(err); ferr != nil {
 					w.logFatal(log, ferr)
@@ -375,6 +376,7 @@ func (w *Worker) slotLoop(l *hubListener, ep *endpoint, slot int, fatal chan<- e
 		w.everConnected.Store(true)
 		w.connected.Add(1)
 		ep.hub.connected.Add(1)
+		w.attemptSucceeded(ep)
 		log.Debug("connected", "hub", ep.name, "address", ep.addr, "pool", w.cfg.Pool, "local", c.LocalAddr(),
 			"accept", c.accept, "ready", c.ready)
 

@@ -147,6 +147,7 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		f.log.Debug("job cancelled by the hub", "method", r.Method, "uri", r.RequestURI)
+		jobCancelled(w)
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
@@ -161,6 +162,7 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	f.log.Warn("upstream request failed", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
+	jobFailed(w)
 	w.WriteHeader(http.StatusBadGateway)
 }
 

@@ -152,6 +152,12 @@ type Config struct {
 	// there. The job's slot stays taken until that transfer ends or its
 	// key expires. See [Redirect].
 	Redirect *Redirect
+	// Observer, if not nil, is told of every job and of every attempt to
+	// connect to a hub, for metrics (see [Observer]). With an Observer
+	// the Handler's ResponseWriter and request body are wrappers that
+	// count bytes: reach the server's through http.ResponseController,
+	// as with any middleware.
+	Observer Observer
 }
 
 // HandshakeError is returned by Run when the hub rejects the very first

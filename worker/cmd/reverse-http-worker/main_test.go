@@ -28,8 +28,8 @@ func TestFlags(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"--help"}, 0, "Usage:"},
 		{[]string{"--nope"}, 2, "flag provided but not defined"},
+		{append(base, "--metrics", "9464"), 2, "--metrics \"9464\": want HOST:PORT"},
 		{[]string{"--pool", "p", "--upstream", "http://x"}, 2, "--hub is required"},
 		{[]string{"--hub", "h:1", "--upstream", "http://x"}, 2, "--pool is required"},
 		{[]string{"--hub", "h", "--pool", "p", "--upstream", "http://x"}, 2, "want HOST:PORT"},
