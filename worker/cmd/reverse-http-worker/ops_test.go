@@ -215,7 +215,18 @@ func TestMetricsWhileAJobRuns(t *testing.T) {
 	if err != nil || resp.StatusCode != 202 {
 		t.Fatalf("slow job: %v %v", resp, err)
 	}
+	// The head may reach the hub before the worker has relayed the first
+	// bytes: read them, and give the worker's count of them (made just
+	// after they were written) a moment.
+	first := make([]byte, len("started "))
+	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "started " {
+		t.Fatalf("slow job's first bytes: %q %v", first, err)
+	}
 	p := getJobs(t, addr)
+	for deadline := time.Now().Add(5 * time.Second); len(p.Jobs) == 1 && p.Jobs[0].BytesOut == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		p = getJobs(t, addr)
+	}
 	if len(p.Jobs) != 1 || p.Slots != 1 || p.Busy != 1 {
 		t.Fatalf("/jobs while one runs: %+v", p)
 	}
@@ -250,7 +261,7 @@ func TestMetricsWhileAJobRuns(t *testing.T) {
 
 	close(release)
 	body, _ := io.ReadAll(resp.Body)
-	if string(body) != "started got 0" {
+	if string(first)+string(body) != "started got 0" {
 		t.Errorf("slow job: %q", body)
 	}
 	deadline := time.Now().Add(5 * time.Second)
