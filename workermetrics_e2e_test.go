@@ -122,7 +122,9 @@ func TestE2EWorkerMetrics(t *testing.T) {
 		j.Status != 0 || j.BytesIn != 0 || j.BytesOut != 0 || time.Since(j.StartedAt) > time.Minute {
 		t.Errorf("/jobs: %+v", j)
 	}
-	m := workerScrape(t, maddr)
+	// A job is counted once its handler has returned, which may be just
+	// after the hub has its whole response.
+	m := waitWorkerMetric(t, maddr, 5, "reverse_http_worker_jobs_total", "outcome", "ok")
 	expectWorker := func(m metricSet, want map[string]float64) {
 		t.Helper()
 		for key, v := range want {
@@ -189,10 +191,10 @@ func TestE2EWorkerMetrics(t *testing.T) {
 		t.Errorf("job on the dying app: %v, want 502", r)
 	}
 	waitWorkerMetric(t, maddr, 1, "reverse_http_worker_jobs_total", "outcome", "failed")
+	waitWorkerMetric(t, maddr, 0, "reverse_http_worker_slots_busy") // freed just after the job is counted
 	expectWorker(workerScrape(t, maddr), map[string]float64{
 		series("reverse_http_worker_jobs_total", "outcome", "ok"):        6,
 		series("reverse_http_worker_jobs_total", "outcome", "cancelled"): 1,
 		series("reverse_http_worker_jobs_total", "outcome", "no_slot"):   0,
-		series("reverse_http_worker_slots_busy"):                         0,
 	})
 }

@@ -253,8 +253,10 @@ func (w *jobWriter) head(code int) {
 		return
 	}
 	w.j.length = -1
-	if n, err := strconv.ParseInt(w.ResponseWriter.Header().Get("Content-Length"), 10, 64); err == nil && n >= 0 {
-		w.j.length = n
+	if cl := w.ResponseWriter.Header().Get("Content-Length"); cl != "" { // ParseInt's error would allocate
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+			w.j.length = n
+		}
 	}
 }
 

@@ -34,6 +34,8 @@ var (
 	metricsIdleTimeout   = 60 * time.Second
 	// metricsWriteTimeout bounds the writing of one response.
 	metricsWriteTimeout = 30 * time.Second
+	// scrapeTimeout bounds one scrape; promhttp answers 503 past it.
+	scrapeTimeout = 10 * time.Second
 )
 
 const (
@@ -42,8 +44,6 @@ const (
 	metricsMaxHeader = 8 << 10
 	// maxScrapes is how many scrapes may run at once; more get 503.
 	maxScrapes = 4
-	// scrapeTimeout bounds one scrape.
-	scrapeTimeout = 10 * time.Second
 	// maxJobField bounds the request id and the path shown in /jobs.
 	maxJobField = 256
 )

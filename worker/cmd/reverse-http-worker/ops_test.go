@@ -17,6 +17,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -156,6 +157,23 @@ func metricValue(text, series string) float64 {
 	return -1
 }
 
+// waitMetric scrapes until series has the value want, and returns the
+// scrape.
+func waitMetric(t *testing.T, addr, series string, want float64) string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m := scrapeText(t, addr)
+		if metricValue(m, series) == want {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is not %v:\n%s", series, want, m)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // getJobs returns /jobs of the listener at addr.
 func getJobs(t *testing.T, addr string) jobsPage {
 	t.Helper()
@@ -215,17 +233,12 @@ func TestMetricsWhileAJobRuns(t *testing.T) {
 	if err != nil || resp.StatusCode != 202 {
 		t.Fatalf("slow job: %v %v", resp, err)
 	}
-	// The head may reach the hub before the worker has relayed the first
-	// bytes: read them, and give the worker's count of them (made just
-	// after they were written) a moment.
-	first := make([]byte, len("started "))
-	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "started " {
-		t.Fatalf("slow job's first bytes: %q %v", first, err)
-	}
-	p := getJobs(t, addr)
-	for deadline := time.Now().Add(5 * time.Second); len(p.Jobs) == 1 && p.Jobs[0].BytesOut == 0 && time.Now().Before(deadline); {
+	// The head may reach the hub before the body's first bytes are
+	// written.
+	var p jobsPage
+	deadline := time.Now().Add(5 * time.Second)
+	for p = getJobs(t, addr); len(p.Jobs) == 1 && p.Jobs[0].BytesOut == 0 && time.Now().Before(deadline); p = getJobs(t, addr) {
 		time.Sleep(5 * time.Millisecond)
-		p = getJobs(t, addr)
 	}
 	if len(p.Jobs) != 1 || p.Slots != 1 || p.Busy != 1 {
 		t.Fatalf("/jobs while one runs: %+v", p)
@@ -235,7 +248,9 @@ func TestMetricsWhileAJobRuns(t *testing.T) {
 		j.BytesIn != 0 || j.BytesOut != int64(len("started ")) || time.Since(j.StartedAt) > time.Minute || j.Seconds < 0 {
 		t.Errorf("/jobs: %+v", j)
 	}
-	m := scrapeText(t, addr)
+	// A job is counted once its handler has returned, which may be just
+	// after the hub has its whole response.
+	m := waitMetric(t, addr, `reverse_http_worker_jobs_total{outcome="ok"}`, 3)
 	for series, want := range map[string]float64{
 		`reverse_http_worker_jobs_total{outcome="ok"}`:                                             3,
 		`reverse_http_worker_jobs_total{outcome="failed"}`:                                         0,
@@ -261,16 +276,12 @@ func TestMetricsWhileAJobRuns(t *testing.T) {
 
 	close(release)
 	body, _ := io.ReadAll(resp.Body)
-	if string(first)+string(body) != "started got 0" {
+	if string(body) != "started got 0" {
 		t.Errorf("slow job: %q", body)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for metricValue(scrapeText(t, addr), `reverse_http_worker_jobs_total{outcome="ok"}`) != 4 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the slow job not counted:\n%s", scrapeText(t, addr))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitMetric(t, addr, `reverse_http_worker_jobs_total{outcome="ok"}`, 4)
+	// The slot is freed just after the job is counted.
+	waitMetric(t, addr, "reverse_http_worker_slots_busy", 0)
 	if p := getJobs(t, addr); len(p.Jobs) != 0 || p.Busy != 0 {
 		t.Errorf("/jobs after the jobs: %+v", p)
 	}
@@ -384,6 +395,112 @@ func TestMetricsListenerLimits(t *testing.T) {
 	}
 	close(b.release)
 	wg.Wait()
+}
+
+// TestMetricsListenerTimeouts crosses the listener's time bounds: a scrape
+// that takes too long gets 503, a response that cannot be written in time
+// is cut off, and an idle connection is closed.
+func TestMetricsListenerTimeouts(t *testing.T) {
+	defer func(s, w, i, h time.Duration) {
+		scrapeTimeout, metricsWriteTimeout, metricsIdleTimeout, metricsHeaderTimeout = s, w, i, h
+	}(scrapeTimeout, metricsWriteTimeout, metricsIdleTimeout, metricsHeaderTimeout)
+	// The header timeout, which net/http also applies to idle connections
+	// without an idle timeout, longer than the test waits.
+	scrapeTimeout, metricsWriteTimeout, metricsIdleTimeout, metricsHeaderTimeout =
+		200*time.Millisecond, 5*time.Second, 300*time.Millisecond, time.Minute
+	w, err := worker.New(worker.Config{Hub: "127.0.0.1:1", Pool: "p", Handler: http.NotFoundHandler()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func() (*observer, string) {
+		o := newObserver([]string{"127.0.0.1:1"})
+		o.w = w
+		ms, err := serveMetrics("127.0.0.1:0", o, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ms.stop)
+		return o, ms.ln.Addr().String()
+	}
+
+	// An idle kept-alive connection is closed.
+	_, addr := start()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /jobs HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /jobs: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("idle connection: %v, want EOF once the idle timeout passed", err)
+	}
+
+	// A scrape whose collection takes too long: 503.
+	o, addr := start()
+	b := &blockingCollector{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	o.reg.MustRegister(b)
+	resp, err = http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !strings.Contains(string(body), "Exceeded configured timeout") {
+		t.Errorf("slow scrape: %d %q, want 503 for the timeout", resp.StatusCode, body)
+	}
+	close(b.release)
+
+	// A response not written within the write timeout is cut off.
+	scrapeTimeout, metricsWriteTimeout = 5*time.Second, 200*time.Millisecond
+	o, addr = start()
+	b = &blockingCollector{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	o.reg.MustRegister(b)
+	go func() {
+		<-b.entered
+		time.Sleep(500 * time.Millisecond) // past the write timeout
+		close(b.release)
+	}()
+	if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Errorf("a response written past the write timeout arrived whole: %d, %d bytes", resp.StatusCode, len(body))
+		}
+	}
+}
+
+// TestJobsFieldsBounded: /jobs cuts what the consumer chose (request id,
+// method, path) to maxJobField bytes, in valid UTF-8.
+func TestJobsFieldsBounded(t *testing.T) {
+	w, err := worker.New(worker.Config{Hub: "127.0.0.1:1", Pool: "p", Handler: http.NotFoundHandler()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := newObserver([]string{"127.0.0.1:1"})
+	o.w = w
+	long := strings.Repeat("é", maxJobField) // two bytes each
+	o.JobStarted(&worker.Job{RequestID: long, Method: long, Path: "/" + long, Hub: "127.0.0.1:1", Started: time.Now()})
+	o.JobStarted(&worker.Job{RequestID: "short", Method: "GET", Path: "/x", Hub: "127.0.0.1:1", Started: time.Now()})
+	p := o.page()
+	if len(p.Jobs) != 2 {
+		t.Fatalf("jobs: %+v", p.Jobs)
+	}
+	j := p.Jobs[0]
+	for _, f := range []string{j.RequestID, j.Method, j.Path} {
+		if len(f) > maxJobField+len("…") || !utf8.ValidString(f) || !strings.HasSuffix(f, "…") {
+			t.Errorf("field of %d bytes (valid UTF-8 %v): %.20q...", len(f), utf8.ValidString(f), f)
+		}
+	}
+	if k := p.Jobs[1]; k.RequestID != "short" || k.Path != "/x" {
+		t.Errorf("short fields changed: %+v", k)
+	}
 }
 
 // TestReadmeJobsExample: the /jobs example in the README has the fields
