@@ -113,16 +113,15 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 		jobs.Delete(rw)
 		j.free()
 	}()
-	if !hc.accept || !expectsContinue(r) {
-		w.cfg.Handler.ServeHTTP(rw, r)
-		return
-	}
-	j.auto = !w.lateAccept
-	r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
-	if j.auto {
-		j.accept()
+	if hc.accept && expectsContinue(r) {
+		j.auto = !w.lateAccept
+		r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
+		if j.auto {
+			j.accept()
+		}
 	}
 	w.cfg.Handler.ServeHTTP(rw, r)
+	hc.holdTail()
 }
 
 // declineFull declines a job that arrived when no slot was free or a gate

@@ -37,6 +37,7 @@ type options struct {
 	ca, cert, key, serverName             string
 	drainTimeout, resolveInterval         time.Duration
 	logLevel                              slog.Level
+	cpuProfile                            string
 	jobs                                  jobFlags
 	gates                                 gateOptions
 }
@@ -55,7 +56,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	})
 	fs.DurationVar(&o.resolveInterval, "resolve-interval", worker.DefaultResolveInterval, "how often hub host names are resolved again")
 	fs.StringVar(&o.pool, "pool", "", "`NAME` of the pool to join (required with --protocol ptth)")
-	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080 (or --exec, or --cgi)")
+	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080, or unix:/PATH for one on a unix socket (or --exec, or --cgi)")
 	o.jobs.register(fs)
 	fs.IntVar(&o.slots, "slots", 1, "`N` jobs run at once, across all hubs (it holds N connections to each hub address)")
 	o.gates.addFlags(fs)
@@ -69,6 +70,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.key, "key", "", "PEM `FILE` with the client certificate's private key (needs --cert and --tls)")
 	fs.StringVar(&o.serverName, "server-name", "", "`NAME` to send as SNI and verify the hub's certificate against (default the host of --hub; needs --tls)")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "`LEVEL` of logging: debug, info, warn or error")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE` (for go tool pprof), until the worker exits")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: %s --hub HOST:PORT --pool NAME --upstream URL [flags]
        %s --hub HOST:PORT --pool NAME --exec 'COMMAND ARGS' [flags]
@@ -135,10 +137,23 @@ Flags:
 	if msg := o.gates.check(); msg != "" {
 		return fail("%s", msg)
 	}
-	if u, err := url.Parse(o.upstream); o.upstream != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
-		return fail("--upstream %q: want an http:// or https:// URL", o.upstream)
+	if o.upstream != "" && !validUpstream(o.upstream) {
+		return fail("--upstream %q: want an http:// or https:// URL, or unix:/PATH", o.upstream)
 	}
 	return &o, nil
+}
+
+// validUpstream reports whether s is an http or https URL with a host, or
+// unix: with a socket path.
+func validUpstream(s string) bool {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return false
+	case u.Scheme == "unix":
+		return u.Host == "" && (u.Path != "" || u.Opaque != "")
+	}
+	return (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
 // tlsConfig builds the client TLS configuration from the options.
@@ -184,6 +199,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: TLS: %v\n", progName, err)
 		return 2
 	}
+	stopProfile, err := startCPUProfile(o.cpuProfile)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		return 2
+	}
+	defer stopProfile()
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	jobs, err := o.runner(logger)
 	if err != nil {

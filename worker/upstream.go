@@ -1,0 +1,426 @@
+package worker
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The direct exchange: a Forwarder sends a job without a request body to
+// a plain HTTP (or unix socket) upstream on the handler's own goroutine,
+// over a connection of its own pool: it writes the request, reads the
+// response head and copies the body to the hub, with no goroutine of a
+// transport in between. http.Transport gives every connection a reading
+// and a writing goroutine, and each request crosses both; under a load of
+// tiny jobs those hand-offs, and the proxy's copies of the headers, cost
+// more CPU than the HTTP itself (see bench/, "CPU time per request").
+// Jobs with a body still go through httputil.ReverseProxy, whose
+// transport writes the body while it reads the response, and so does an
+// https upstream.
+
+// Bounds of the direct exchange.
+var (
+	// upstreamIdleTimeout: a pooled connection idle for longer is not
+	// used again (http.DefaultTransport's IdleConnTimeout).
+	upstreamIdleTimeout = 90 * time.Second
+	// maxUpstreamHeader bounds the response head (status line and
+	// headers) the upstream may send.
+	maxUpstreamHeader int64 = 1 << 20
+	// maxInformational bounds the 1xx responses relayed before the final
+	// one, as the hub does.
+	maxInformational = 8
+)
+
+// maxIdleUpstream is how many idle connections the pool keeps.
+const maxIdleUpstream = 64
+
+// errUpstreamHeaderTooLarge: the upstream sent a response head beyond
+// maxUpstreamHeader.
+var errUpstreamHeaderTooLarge = errors.New("upstream response header too large")
+
+// upstreamPool keeps idle connections to the upstream, most recently used
+// first.
+type upstreamPool struct {
+	network, addr string
+	dialer        *net.Dialer
+
+	mu   sync.Mutex
+	idle []*upstreamConn
+}
+
+// upstreamConn is one connection of the pool.
+type upstreamConn struct {
+	conn      net.Conn
+	src       countingReader
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	reused    bool // it carried a request before this one
+	idleSince time.Time
+}
+
+// countingReader counts what is read from the connection, and refuses to
+// read more than limit (while limit is not negative) with
+// errUpstreamHeaderTooLarge.
+type countingReader struct {
+	r     io.Reader
+	n     int64
+	limit int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	if c.limit >= 0 {
+		if c.n >= c.limit {
+			return 0, errUpstreamHeaderTooLarge
+		}
+		p = p[:min(int64(len(p)), c.limit-c.n)]
+	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// get returns an idle connection that is still open, or dials a new one.
+func (p *upstreamPool) get(ctx context.Context) (*upstreamConn, error) {
+	for {
+		p.mu.Lock()
+		n := len(p.idle)
+		if n == 0 {
+			p.mu.Unlock()
+			return p.dial(ctx)
+		}
+		uc := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		// A connection the upstream closed (or wrote to out of turn)
+		// while it was idle would fail the job; the look costs one
+		// system call.
+		if time.Since(uc.idleSince) < upstreamIdleTimeout && uc.br.Buffered() == 0 && !peerSent(uc.conn) {
+			return uc, nil
+		}
+		uc.conn.Close()
+	}
+}
+
+func (p *upstreamPool) dial(ctx context.Context) (*upstreamConn, error) {
+	c, err := p.dialer.DialContext(ctx, p.network, p.addr)
+	if err != nil {
+		return nil, err
+	}
+	uc := &upstreamConn{conn: c, src: countingReader{r: c, limit: -1}}
+	uc.br = bufio.NewReaderSize(&uc.src, 4<<10)
+	uc.bw = bufio.NewWriterSize(c, 4<<10)
+	return uc, nil
+}
+
+// put gives back a connection whose exchange ended cleanly.
+func (p *upstreamPool) put(uc *upstreamConn) {
+	uc.reused = true
+	uc.idleSince = time.Now()
+	p.mu.Lock()
+	if len(p.idle) < maxIdleUpstream {
+		p.idle = append(p.idle, uc)
+		uc = nil
+	}
+	p.mu.Unlock()
+	if uc != nil {
+		uc.conn.Close()
+	}
+}
+
+// hopHeaders are the hop-by-hop headers, which end at each hop (RFC 9110,
+// 7.6.1), as httputil.ReverseProxy removes them.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// endToEnd copies h without its hop-by-hop headers, those the Connection
+// header names, and the skipped ones. The value slices are shared, not
+// copied: nothing changes them.
+func endToEnd(h http.Header, skip ...string) http.Header {
+	out := make(http.Header, len(h))
+	for k, v := range h {
+		out[k] = v
+	}
+	for _, v := range h["Connection"] {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				delete(out, http.CanonicalHeaderKey(name))
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(out, k)
+	}
+	for _, k := range skip {
+		delete(out, k)
+	}
+	return out
+}
+
+// direct reports whether the job r takes the direct exchange.
+func (f *Forwarder) direct(r *http.Request) bool {
+	return f.pool != nil && r.ContentLength == 0 && (r.Body == nil || r.Body == http.NoBody)
+}
+
+// outRequest is the request the upstream gets for the job r.
+func (f *Forwarder) outRequest(r *http.Request) *http.Request {
+	h := endToEnd(r.Header, "Expect")
+	// "TE: trailers" says the client takes trailers, which the
+	// forwarder relays.
+	if httpHeaderHasToken(r.Header["Te"], "trailers") {
+		h["Te"] = []string{"trailers"}
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		// Request.Write would send Go's own otherwise.
+		h["User-Agent"] = []string{""}
+	}
+	u := *r.URL
+	u.Scheme, u.Host = "http", f.target.Host
+	u.Path, u.RawPath = joinURLPath(f.target, r.URL)
+	switch {
+	case f.target.RawQuery == "":
+	case u.RawQuery == "":
+		u.RawQuery = f.target.RawQuery
+	default:
+		u.RawQuery = f.target.RawQuery + "&" + u.RawQuery
+	}
+	out := &http.Request{
+		Method:     r.Method,
+		URL:        &u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     h,
+		Host:       r.Host,
+	}
+	return out.WithContext(r.Context())
+}
+
+// serveDirect forwards the job r by the direct exchange.
+func (f *Forwarder) serveDirect(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	out := f.outRequest(r)
+	uc, err := f.pool.get(ctx)
+	if err != nil {
+		f.failDirect(w, r, err, false)
+		return
+	}
+	Accept(r)
+	resp, stop, err := f.exchange(w, uc, out)
+	if err != nil && uc.reused && uc.src.n == 0 && ctx.Err() == nil {
+		// The upstream closed a pooled connection as the request went out,
+		// before it answered anything: as http.Transport does for a
+		// request without a body, try once on a new connection.
+		uc.conn.Close()
+		if uc, err = f.pool.dial(ctx); err != nil {
+			f.failDirect(w, r, err, true)
+			return
+		}
+		resp, stop, err = f.exchange(w, uc, out)
+	}
+	if err != nil {
+		uc.conn.Close()
+		f.failDirect(w, r, err, true)
+		return
+	}
+	complete := f.relay(w, uc, resp)
+	if stop() && complete && !resp.Close {
+		f.pool.put(uc)
+		return
+	}
+	uc.conn.Close()
+	if !complete {
+		// As httputil.ReverseProxy does: a response cut short must not
+		// look whole to the hub.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// exchange writes out on uc and reads the response head, relaying
+// informational responses other than 100 Continue to w. Until the
+// returned stop is called, the job's end (the hub closing its connection)
+// closes uc, which ends a wait for the upstream.
+func (f *Forwarder) exchange(w http.ResponseWriter, uc *upstreamConn, out *http.Request) (*http.Response, func() bool, error) {
+	stop := context.AfterFunc(out.Context(), func() { uc.conn.Close() })
+	resp, err := f.readResponse(w, uc, out)
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return resp, stop, nil
+}
+
+func (f *Forwarder) readResponse(w http.ResponseWriter, uc *upstreamConn, out *http.Request) (*http.Response, error) {
+	uc.src.n = 0
+	if err := out.Write(uc.bw); err != nil {
+		return nil, err
+	}
+	if err := uc.bw.Flush(); err != nil {
+		return nil, err
+	}
+	uc.src.limit = maxUpstreamHeader
+	defer func() { uc.src.limit = -1 }()
+	for range maxInformational + 1 {
+		resp, err := http.ReadResponse(uc.br, out)
+		if err != nil {
+			if uc.src.n >= maxUpstreamHeader {
+				err = errUpstreamHeaderTooLarge
+			}
+			return nil, err
+		}
+		switch {
+		case resp.StatusCode == http.StatusSwitchingProtocols:
+			return nil, errors.New("upstream switched protocols, which the worker does not relay")
+		case resp.StatusCode >= 200:
+			return resp, nil
+		case resp.StatusCode != http.StatusContinue:
+			relayInformational(w, resp)
+		}
+	}
+	return nil, fmt.Errorf("upstream sent more than %d informational responses", maxInformational)
+}
+
+// relayInformational writes a 1xx response from upstream to w, with its
+// headers, which the final response does not keep.
+func relayInformational(w http.ResponseWriter, resp *http.Response) {
+	h := w.Header()
+	added := endToEnd(resp.Header)
+	for k, v := range added {
+		h[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	for k := range added {
+		delete(h, k)
+	}
+}
+
+// relayBufs are the buffers bodies are copied through.
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// relay writes the response to w and copies its body, flushing whenever
+// the upstream has sent nothing more yet. It reports whether the body was
+// read to its end and written.
+func (f *Forwarder) relay(w http.ResponseWriter, uc *upstreamConn, resp *http.Response) bool {
+	defer resp.Body.Close()
+	h := w.Header()
+	for k, v := range endToEnd(resp.Header) {
+		h[k] = v
+	}
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		names := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			names = append(names, k)
+		}
+		h["Trailer"] = []string{strings.Join(names, ", ")}
+	}
+	w.WriteHeader(resp.StatusCode)
+	rc := http.NewResponseController(w)
+	bp := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(bp)
+	buf := *bp
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return false
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			f.log.Warn("upstream response body failed", "upstream", f.upstream.String(), "err", err)
+			return false
+		}
+		// Responses are flushed as they arrive: once the upstream has
+		// nothing more buffered, the next read may wait. A small body
+		// read whole with its end goes out with the response's end.
+		if uc.br.Buffered() == 0 {
+			if err := rc.Flush(); err != nil {
+				return false
+			}
+		}
+	}
+	if len(resp.Trailer) > 0 {
+		for k, v := range resp.Trailer {
+			if len(resp.Trailer) != announced {
+				k = http.TrailerPrefix + k
+			}
+			h[k] = v
+		}
+	}
+	return true
+}
+
+// failDirect answers a job whose direct exchange failed, as fail does for
+// the reverse proxy: a job not yet connected upstream is declined (and
+// the upstream marked down), any other gets 502.
+func (f *Forwarder) failDirect(w http.ResponseWriter, r *http.Request, err error, connected bool) {
+	if r.Context().Err() != nil {
+		f.log.Debug("job cancelled by the hub", "method", r.Method, "uri", r.RequestURI)
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	if !connected || isDialError(err) {
+		f.health.Fail(err)
+	}
+	if !connected && !accepted(r) {
+		f.log.Debug("upstream unreachable: declining the job", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
+		Decline(w)
+		return
+	}
+	f.log.Warn("upstream request failed", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
+	w.WriteHeader(http.StatusBadGateway)
+}
+
+// joinURLPath joins the upstream URL's path and the job's, as
+// httputil.ProxyRequest.SetURL does.
+func joinURLPath(a, b *url.URL) (path, rawpath string) {
+	if a.RawPath == "" && b.RawPath == "" {
+		return joinSlash(a.Path, b.Path), ""
+	}
+	ap, bp := a.EscapedPath(), b.EscapedPath()
+	as, bs := strings.HasSuffix(ap, "/"), strings.HasPrefix(bp, "/")
+	switch {
+	case as && bs:
+		return a.Path + b.Path[1:], ap + bp[1:]
+	case !as && !bs:
+		return a.Path + "/" + b.Path, ap + "/" + bp
+	}
+	return a.Path + b.Path, ap + bp
+}
+
+// joinSlash joins two paths with exactly one slash between them.
+func joinSlash(a, b string) string {
+	as, bs := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
+	switch {
+	case as && bs:
+		return a + b[1:]
+	case !as && !bs:
+		return a + "/" + b
+	}
+	return a + b
+}
+
+// httpHeaderHasToken reports whether a comma-separated header names tok.
+func httpHeaderHasToken(values []string, tok string) bool {
+	for _, v := range values {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), tok) {
+				return true
+			}
+		}
+	}
+	return false
+}
