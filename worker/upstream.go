@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -59,6 +61,7 @@ type upstreamPool struct {
 // upstreamConn is one connection of the pool.
 type upstreamConn struct {
 	conn      net.Conn
+	raw       syscall.RawConn // for peerSent; nil where it cannot look
 	src       countingReader
 	br        *bufio.Reader
 	bw        *bufio.Writer
@@ -103,7 +106,7 @@ func (p *upstreamPool) get(ctx context.Context) (*upstreamConn, error) {
 		// A connection the upstream closed (or wrote to out of turn)
 		// while it was idle would fail the job; the look costs one
 		// system call.
-		if time.Since(uc.idleSince) < upstreamIdleTimeout && uc.br.Buffered() == 0 && !peerSent(uc.conn) {
+		if time.Since(uc.idleSince) < upstreamIdleTimeout && uc.br.Buffered() == 0 && !peerSent(uc.raw) {
 			return uc, nil
 		}
 		uc.conn.Close()
@@ -115,7 +118,7 @@ func (p *upstreamPool) dial(ctx context.Context) (*upstreamConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	uc := &upstreamConn{conn: c, src: countingReader{r: c, limit: -1}}
+	uc := &upstreamConn{conn: c, raw: rawConn(c), src: countingReader{r: c, limit: -1}}
 	uc.br = bufio.NewReaderSize(&uc.src, 4<<10)
 	uc.bw = bufio.NewWriterSize(c, 4<<10)
 	return uc, nil
@@ -143,10 +146,20 @@ var hopHeaders = []string{
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
-// endToEnd copies h without its hop-by-hop headers, those the Connection
-// header names, and the skipped ones. The value slices are shared, not
+// isHop reports whether k is one of hopHeaders.
+func isHop(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// endToEnd copies h without its hop-by-hop headers and those the
+// Connection header names. The value slices are shared, not
 // copied: nothing changes them.
-func endToEnd(h http.Header, skip ...string) http.Header {
+func endToEnd(h http.Header) http.Header {
 	out := make(http.Header, len(h))
 	for k, v := range h {
 		out[k] = v
@@ -161,9 +174,6 @@ func endToEnd(h http.Header, skip ...string) http.Header {
 	for _, k := range hopHeaders {
 		delete(out, k)
 	}
-	for _, k := range skip {
-		delete(out, k)
-	}
 	return out
 }
 
@@ -172,20 +182,10 @@ func (f *Forwarder) direct(r *http.Request) bool {
 	return f.pool != nil && r.ContentLength == 0 && (r.Body == nil || r.Body == http.NoBody)
 }
 
-// outRequest is the request the upstream gets for the job r.
-func (f *Forwarder) outRequest(r *http.Request) *http.Request {
-	h := endToEnd(r.Header, "Expect")
-	// "TE: trailers" says the client takes trailers, which the
-	// forwarder relays.
-	if httpHeaderHasToken(r.Header["Te"], "trailers") {
-		h["Te"] = []string{"trailers"}
-	}
-	if _, ok := h["User-Agent"]; !ok {
-		// Request.Write would send Go's own otherwise.
-		h["User-Agent"] = []string{""}
-	}
+// requestURI is the job's request target at the upstream.
+func (f *Forwarder) requestURI(r *http.Request) string {
 	u := *r.URL
-	u.Scheme, u.Host = "http", f.target.Host
+	u.Scheme, u.Host = "", ""
 	u.Path, u.RawPath = joinURLPath(f.target, r.URL)
 	switch {
 	case f.target.RawQuery == "":
@@ -194,29 +194,69 @@ func (f *Forwarder) outRequest(r *http.Request) *http.Request {
 	default:
 		u.RawQuery = f.target.RawQuery + "&" + u.RawQuery
 	}
-	out := &http.Request{
-		Method:     r.Method,
-		URL:        &u,
-		Proto:      "HTTP/1.1",
-		ProtoMajor: 1,
-		ProtoMinor: 1,
-		Header:     h,
-		Host:       r.Host,
+	return u.RequestURI()
+}
+
+// hopExcluded are the request headers that stay behind: the hop-by-hop
+// ones and Expect, since the hub's 100-continue is between hub and worker
+// (passing it on would make the upstream wait for a body that is not
+// coming).
+var hopExcluded = func() map[string]bool {
+	m := map[string]bool{"Expect": true}
+	for _, k := range hopHeaders {
+		m[k] = true
 	}
-	return out.WithContext(r.Context())
+	return m
+}()
+
+// writeHead writes the request head of the job r, as the upstream gets it,
+// to bw: the request line, Host, and r's end-to-end headers (without
+// copying them, as httputil.ReverseProxy does, which under a load of tiny
+// jobs costs more than the write). A missing User-Agent stays missing.
+func (f *Forwarder) writeHead(bw *bufio.Writer, r *http.Request) error {
+	host := r.Host
+	if host == "" {
+		host = f.target.Host
+	}
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(f.requestURI(r))
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+	exclude := hopExcluded
+	if named := r.Header["Connection"]; len(named) > 0 {
+		exclude = maps.Clone(hopExcluded)
+		for _, v := range named {
+			for name := range strings.SplitSeq(v, ",") {
+				if name = strings.TrimSpace(name); name != "" {
+					exclude[http.CanonicalHeaderKey(name)] = true
+				}
+			}
+		}
+	}
+	if err := r.Header.WriteSubset(bw, exclude); err != nil {
+		return err
+	}
+	// "TE: trailers" says the client takes trailers, which the
+	// forwarder relays.
+	if httpHeaderHasToken(r.Header["Te"], "trailers") {
+		bw.WriteString("Te: trailers\r\n")
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
 }
 
 // serveDirect forwards the job r by the direct exchange.
 func (f *Forwarder) serveDirect(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	out := f.outRequest(r)
 	uc, err := f.pool.get(ctx)
 	if err != nil {
 		f.failDirect(w, r, err, false)
 		return
 	}
 	Accept(r)
-	resp, stop, err := f.exchange(w, uc, out)
+	resp, stop, err := f.exchange(w, uc, r)
 	if err != nil && uc.reused && uc.src.n == 0 && ctx.Err() == nil {
 		// The upstream closed a pooled connection as the request went out,
 		// before it answered anything: as http.Transport does for a
@@ -226,7 +266,7 @@ func (f *Forwarder) serveDirect(w http.ResponseWriter, r *http.Request) {
 			f.failDirect(w, r, err, true)
 			return
 		}
-		resp, stop, err = f.exchange(w, uc, out)
+		resp, stop, err = f.exchange(w, uc, r)
 	}
 	if err != nil {
 		uc.conn.Close()
@@ -246,13 +286,13 @@ func (f *Forwarder) serveDirect(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// exchange writes out on uc and reads the response head, relaying
+// exchange writes the job r on uc and reads the response head, relaying
 // informational responses other than 100 Continue to w. Until the
 // returned stop is called, the job's end (the hub closing its connection)
 // closes uc, which ends a wait for the upstream.
-func (f *Forwarder) exchange(w http.ResponseWriter, uc *upstreamConn, out *http.Request) (*http.Response, func() bool, error) {
-	stop := context.AfterFunc(out.Context(), func() { uc.conn.Close() })
-	resp, err := f.readResponse(w, uc, out)
+func (f *Forwarder) exchange(w http.ResponseWriter, uc *upstreamConn, r *http.Request) (*http.Response, func() bool, error) {
+	stop := context.AfterFunc(r.Context(), func() { uc.conn.Close() })
+	resp, err := f.roundTrip(w, uc, r)
 	if err != nil {
 		stop()
 		return nil, nil, err
@@ -260,9 +300,9 @@ func (f *Forwarder) exchange(w http.ResponseWriter, uc *upstreamConn, out *http.
 	return resp, stop, nil
 }
 
-func (f *Forwarder) readResponse(w http.ResponseWriter, uc *upstreamConn, out *http.Request) (*http.Response, error) {
+func (f *Forwarder) roundTrip(w http.ResponseWriter, uc *upstreamConn, r *http.Request) (*http.Response, error) {
 	uc.src.n = 0
-	if err := out.Write(uc.bw); err != nil {
+	if err := f.writeHead(uc.bw, r); err != nil {
 		return nil, err
 	}
 	if err := uc.bw.Flush(); err != nil {
@@ -271,7 +311,7 @@ func (f *Forwarder) readResponse(w http.ResponseWriter, uc *upstreamConn, out *h
 	uc.src.limit = maxUpstreamHeader
 	defer func() { uc.src.limit = -1 }()
 	for range maxInformational + 1 {
-		resp, err := http.ReadResponse(uc.br, out)
+		resp, err := http.ReadResponse(uc.br, r)
 		if err != nil {
 			if uc.src.n >= maxUpstreamHeader {
 				err = errUpstreamHeaderTooLarge
@@ -313,8 +353,11 @@ var relayBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b
 func (f *Forwarder) relay(w http.ResponseWriter, uc *upstreamConn, resp *http.Response) bool {
 	defer resp.Body.Close()
 	h := w.Header()
-	for k, v := range endToEnd(resp.Header) {
-		h[k] = v
+	named := resp.Header["Connection"]
+	for k, v := range resp.Header {
+		if !isHop(k) && (len(named) == 0 || !httpHeaderHasToken(named, k)) {
+			h[k] = v
+		}
 	}
 	announced := len(resp.Trailer)
 	if announced > 0 {
