@@ -27,7 +27,7 @@ type tinySystem struct {
 // with the CPU time each process spends per request; then 5 ms jobs one
 // at a time through each path, for the overhead a job pays on its own.
 func tinyJobs(e *env, o *options) ([]*table, error) {
-	ports, err := freePorts(8)
+	ports, err := freePorts(9)
 	if err != nil {
 		return nil, err
 	}
@@ -39,6 +39,8 @@ func tinyJobs(e *env, o *options) ([]*table, error) {
 	ptthHub := fmt.Sprintf("127.0.0.1:%d", ports[5])
 	potHub := fmt.Sprintf("127.0.0.1:%d", ports[6])
 	haSite := fmt.Sprintf("127.0.0.1:%d", ports[7])
+	rhUnix := fmt.Sprintf("127.0.0.1:%d", ports[8])
+	appSock := filepath.Join(e.dir, "tiny-app.sock")
 
 	caddy, err := e.startCaddy("tiny-caddy", fmt.Sprintf(`
 	reverse_http {
@@ -54,7 +56,16 @@ func tinyJobs(e *env, o *options) ([]*table, error) {
 			listen %[3]s
 			protocol pothead
 		}
+		pool tinyunix {
+			listen %[1]s
+			token %[2]s
+		}
 	}
+}
+
+http://%[9]s {
+	bind 127.0.0.1
+	reverse_http tinyunix
 }
 
 http://%[4]s {
@@ -73,13 +84,13 @@ http://%[8]s {
 	bind 127.0.0.1
 	reverse_http tinypot
 }
-`, ptthHub, benchToken, potHub, rp, app, rh, rhBin, pot), rp, rh, rhBin, pot, ptthHub, potHub)
+`, ptthHub, benchToken, potHub, rp, app, rh, rhBin, pot, rhUnix), rp, rh, rhBin, pot, rhUnix, ptthHub, potHub)
 	if err != nil {
 		return nil, err
 	}
 	defer caddy.stop(10 * time.Second)
 
-	appProc, err := e.serve("tiny-app", "--listen", app, "--hub", ptthHub, "--pool", "tiny", "--token", benchToken, "--slots", "8")
+	appProc, err := e.serve("tiny-app", "--listen", app, "--listen-unix", appSock, "--hub", ptthHub, "--pool", "tiny", "--token", benchToken, "--slots", "8")
 	if err != nil {
 		return nil, err
 	}
@@ -101,6 +112,12 @@ http://%[8]s {
 		return nil, err
 	}
 	defer binProc.stop(10 * time.Second)
+	unixProc, err := e.start("tiny-worker-binary-unix", false, e.worker, "--hub", ptthHub, "--pool", "tinyunix",
+		"--token", benchToken, "--slots", "8", "--upstream", "unix:"+appSock, "--name", "bench-unix", "--log-level", "error")
+	if err != nil {
+		return nil, err
+	}
+	defer unixProc.stop(10 * time.Second)
 	ha, haErr := e.startHAProxy(fmt.Sprintf(`global
 	maxconn 8000
 defaults
@@ -128,6 +145,7 @@ backend app
 	systems = append(systems,
 		&tinySystem{key: "c", name: "(c) `reverse_http`, worker package in the app (8 slots)", url: "http://" + rh + "/tiny", proxy: caddy, app: appProc},
 		&tinySystem{key: "d", name: "(d) `reverse_http` → worker binary (8 slots) → app", url: "http://" + rhBin + "/tiny", proxy: caddy, worker: binProc, app: appProc},
+		&tinySystem{key: "g", name: "(g) `reverse_http` → worker binary (8 slots) → app on a unix socket", url: "http://" + rhUnix + "/tiny", proxy: caddy, worker: unixProc, app: appProc},
 		&tinySystem{key: "e", name: "(e) `reverse_http`, `pothead` protocol (8 slots, a connection per job)", url: "http://" + pot + "/tiny", proxy: caddy, app: potProc},
 	)
 	byKey := map[string]*tinySystem{}
