@@ -343,6 +343,9 @@ func (e *env) serve(name string, args ...string) (*proc, error) {
 
 // cpuTime reads the CPU time (user and system, all threads) a process has
 // used so far, from /proc/PID/stat, at the kernel's clock tick (10 ms).
+// (The threads' schedstat would give nanoseconds, but on a virtual machine
+// it counts the time the host gave to others, which a shared machine
+// makes large and uneven.)
 func cpuTime(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -367,7 +370,6 @@ func cpuTime(pid int) (time.Duration, error) {
 	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
 	return time.Duration(ut+st) * tick, nil
 }
-
 // waitConnections waits, for up to 30 s, until the pool of the Caddy
 // started last holds n idle worker connections.
 func (e *env) waitConnections(pool string, n int) error {
