@@ -370,6 +370,7 @@ func cpuTime(pid int) (time.Duration, error) {
 	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
 	return time.Duration(ut+st) * tick, nil
 }
+
 // waitConnections waits, for up to 30 s, until the pool of the Caddy
 // started last holds n idle worker connections.
 func (e *env) waitConnections(pool string, n int) error {
