@@ -112,16 +112,19 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 	defer func() {
 		jobs.Delete(rw)
 		j.free()
+		// What the server writes from now on is the response's end.
+		hc.holdTail()
 	}()
-	if hc.accept && expectsContinue(r) {
-		j.auto = !w.lateAccept
-		r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
-		if j.auto {
-			j.accept()
-		}
+	if !hc.accept || !expectsContinue(r) {
+		w.cfg.Handler.ServeHTTP(rw, r)
+		return
+	}
+	j.auto = !w.lateAccept
+	r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
+	if j.auto {
+		j.accept()
 	}
 	w.cfg.Handler.ServeHTTP(rw, r)
-	hc.holdTail()
 }
 
 // declineFull declines a job that arrived when no slot was free or a gate
