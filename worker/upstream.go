@@ -390,7 +390,9 @@ func (f *Forwarder) relay(w http.ResponseWriter, uc *upstreamConn, resp *http.Re
 		// nothing more buffered, the next read may wait. A small body
 		// read whole with its end goes out with the response's end.
 		if uc.br.Buffered() == 0 {
-			if err := rc.Flush(); err != nil {
+			// A writer that cannot flush (a wrapper without Unwrap)
+			// gets the body as it comes all the same.
+			if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
 				return false
 			}
 		}
