@@ -310,7 +310,7 @@ func (f *Forwarder) roundTrip(w http.ResponseWriter, uc *upstreamConn, r *http.R
 	}
 	uc.src.limit = maxUpstreamHeader
 	defer func() { uc.src.limit = -1 }()
-	for range maxInformational + 1 {
+	for informational := 0; ; informational++ {
 		resp, err := http.ReadResponse(uc.br, r)
 		if err != nil {
 			if uc.src.n >= maxUpstreamHeader {
@@ -323,11 +323,12 @@ func (f *Forwarder) roundTrip(w http.ResponseWriter, uc *upstreamConn, r *http.R
 			return nil, errors.New("upstream switched protocols, which the worker does not relay")
 		case resp.StatusCode >= 200:
 			return resp, nil
+		case informational == maxInformational:
+			return nil, fmt.Errorf("upstream sent more than %d informational responses", maxInformational)
 		case resp.StatusCode != http.StatusContinue:
 			relayInformational(w, resp)
 		}
 	}
-	return nil, fmt.Errorf("upstream sent more than %d informational responses", maxInformational)
 }
 
 // relayInformational writes a 1xx response from upstream to w, with its

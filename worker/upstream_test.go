@@ -350,3 +350,49 @@ func TestForwarderDirectStaleConnection(t *testing.T) {
 		t.Errorf("request count %d, want 3 (the dropped request went out once more)", n)
 	}
 }
+
+// The upstream may send maxInformational 1xx responses before its final
+// one, which are relayed; one more answers 502.
+func TestForwarderDirectInformationalLimit(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			n := maxInformational
+			if req.URL.Path == "/over" {
+				n++
+			}
+			io.WriteString(c, strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", n)+
+				"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	s := forwarderTo(t, up)
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{{"/at", 200}, {"/over", http.StatusBadGateway}} {
+		get(tc.path).Write(s.c)
+		s.c.SetReadDeadline(time.Now().Add(waitLimit))
+		hints := 0
+		for {
+			if err := skipFrames(s.br); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(s.br, nil)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.path, err)
+			}
+			if resp.StatusCode == http.StatusEarlyHints {
+				hints++
+				continue
+			}
+			io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != tc.status || hints != maxInformational {
+				t.Fatalf("%s: %d after %d hints, want %d after %d", tc.path, resp.StatusCode, hints, tc.status, maxInformational)
+			}
+			break
+		}
+	}
+}
