@@ -35,6 +35,7 @@ import (
 func serveMain(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	listen := fs.String("listen", "", "plain HTTP `ADDRESS` to serve on")
+	listenUnix := fs.String("listen-unix", "", "plain HTTP on the unix socket `PATH` too")
 	hub := fs.String("hub", "", "`HOST:PORT` of a hub to serve jobs from")
 	pool := fs.String("pool", "", "pool `NAME` to join")
 	token := fs.String("token", "", "bearer `TOKEN`")
@@ -53,6 +54,26 @@ func serveMain(args []string) error {
 	errc := make(chan error, 2)
 	if *listen != "" {
 		ln, err := net.Listen("tcp", *listen)
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: h}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != http.ErrServerClosed {
+				errc <- err
+			}
+		}()
+		go func() {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+		}()
+	}
+	if *listenUnix != "" {
+		ln, err := net.Listen("unix", *listenUnix)
 		if err != nil {
 			return err
 		}

@@ -119,6 +119,8 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 	defer func() {
 		jobs.Delete(rw)
 		j.free()
+		// What the server writes from now on is the response's end.
+		hc.holdTail()
 	}()
 	if w.cfg.Observer != nil {
 		rw, r = w.observe(j, rw, r)

@@ -37,6 +37,7 @@ type options struct {
 	ca, cert, key, serverName             string
 	drainTimeout, resolveInterval         time.Duration
 	logLevel                              slog.Level
+	cpuProfile                            string
 	jobs                                  jobFlags
 	gates                                 gateOptions
 	redirect                              redirectOptions
@@ -68,7 +69,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	})
 	fs.DurationVar(&o.resolveInterval, "resolve-interval", worker.DefaultResolveInterval, "how often hub host names are resolved again")
 	fs.StringVar(&o.pool, "pool", "", "`NAME` of the pool to join (required with --protocol ptth)")
-	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080 (or --exec, or --cgi)")
+	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080, or unix:/PATH for one on a unix socket (or --exec, or --cgi)")
 	o.jobs.register(fs)
 	fs.IntVar(&o.slots, "slots", 1, "`N` jobs run at once, across all hubs (it holds N connections to each hub address)")
 	o.gates.addFlags(fs)
@@ -85,6 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "`LEVEL` of logging: debug, info, warn or error")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on http://`ADDR`/metrics and the jobs running now on /jobs (JSON); bind it to localhost or a private address")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE` (for go tool pprof), until the worker exits")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: %s --hub HOST:PORT --pool NAME --upstream URL [flags]
        %s --hub HOST:PORT --pool NAME --exec 'COMMAND ARGS' [flags]
@@ -166,10 +168,23 @@ Flags:
 	if _, _, err := net.SplitHostPort(o.metrics); o.metrics != "" && err != nil {
 		return fail("--metrics %q: want HOST:PORT (e.g. 127.0.0.1:9464)", o.metrics)
 	}
-	if u, err := url.Parse(o.upstream); o.upstream != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
-		return fail("--upstream %q: want an http:// or https:// URL", o.upstream)
+	if o.upstream != "" && !validUpstream(o.upstream) {
+		return fail("--upstream %q: want an http:// or https:// URL, or unix:/PATH", o.upstream)
 	}
 	return &o, nil
+}
+
+// validUpstream reports whether s is an http or https URL with a host, or
+// unix: with a socket path.
+func validUpstream(s string) bool {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return false
+	case u.Scheme == "unix":
+		return u.Host == "" && (u.Path != "" || u.Opaque != "")
+	}
+	return (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
 // tlsConfig builds the client TLS configuration from the options.
@@ -226,6 +241,12 @@ func runWith(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: TLS: %v\n", progName, err)
 		return 2
 	}
+	stopProfile, err := startCPUProfile(o.cpuProfile)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		return 2
+	}
+	defer stopProfile()
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	for _, wn := range o.warnings() {
 		logger.Warn("flag has no effect", "flag", wn.flag, "why", wn.why)
