@@ -415,6 +415,7 @@ func (f *Forwarder) relay(w http.ResponseWriter, uc *upstreamConn, resp *http.Re
 func (f *Forwarder) failDirect(w http.ResponseWriter, r *http.Request, err error, connected bool) {
 	if r.Context().Err() != nil {
 		f.log.Debug("job cancelled by the hub", "method", r.Method, "uri", r.RequestURI)
+		jobCancelled(w)
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
@@ -427,6 +428,7 @@ func (f *Forwarder) failDirect(w http.ResponseWriter, r *http.Request, err error
 		return
 	}
 	f.log.Warn("upstream request failed", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
+	jobFailed(w)
 	w.WriteHeader(http.StatusBadGateway)
 }
 
