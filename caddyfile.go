@@ -251,6 +251,11 @@ func parseDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
 //
 //	reverse_http <pool> {
 //		queue_timeout <duration>
+//		coalesce {
+//			key <placeholder...>
+//			methods <method...>
+//			buffer <size>
+//		}
 //	}
 //
 // The pool must be defined in the reverse_http global option.
@@ -290,8 +295,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.QueueTimeout = dur
+		case "coalesce":
+			if h.Coalesce != nil {
+				return d.Err("duplicate coalesce block")
+			}
+			h.Coalesce = new(CoalesceConfig)
+			if err := h.Coalesce.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
 		default:
-			return d.Errf("unrecognized reverse_http option %q (want queue_timeout)", d.Val())
+			return d.Errf("unrecognized reverse_http option %q (want queue_timeout or coalesce)", d.Val())
 		}
 	}
 	return nil
