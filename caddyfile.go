@@ -256,6 +256,11 @@ func parseDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
 //			methods <method...>
 //			buffer <size>
 //		}
+//		cache <ttl> {
+//			key <placeholder...>
+//			max_entry_size <size>
+//			max_total_size <size>
+//		}
 //	}
 //
 // The pool must be defined in the reverse_http global option.
@@ -303,8 +308,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := h.Coalesce.unmarshalCaddyfile(d); err != nil {
 				return err
 			}
+		case "cache":
+			if h.Cache != nil {
+				return d.Err("duplicate cache directive")
+			}
+			h.Cache = new(CacheConfig)
+			if err := h.Cache.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
 		default:
-			return d.Errf("unrecognized reverse_http option %q (want queue_timeout or coalesce)", d.Val())
+			return d.Errf("unrecognized reverse_http option %q (want queue_timeout, coalesce or cache)", d.Val())
 		}
 	}
 	return nil

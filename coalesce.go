@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -165,10 +166,10 @@ func (g *coalescer) forget(f *flight) {
 
 // flight is one shared job and the consumers it answers. The job writes the
 // response into a window of at most g.limit bytes; each consumer relays
-// from the window at its own pace. The job waits only when even the
-// fastest consumer is a window behind, so it goes as fast as the fastest
-// consumer reads, as a job of its own would; consumers more than a window
-// behind the fastest are cut off.
+// from the window at its own pace. When the window is full the job waits:
+// for the fastest consumer as long as it takes, as a job of its own would,
+// and for consumers a window behind the fastest up to slowGrace each in
+// all, after which they are cut off.
 type flight struct {
 	g      *coalescer
 	key    string
@@ -196,10 +197,17 @@ type flight struct {
 
 // subscriber is one consumer of a flight.
 type subscriber struct {
-	off  int64 // bytes of the body relayed
-	cut  bool  // fell a window behind the fastest
-	gone bool  // the consumer went away
+	off  int64         // bytes of the body relayed
+	held time.Duration // how long the job waited for it, a window behind another
+	cut  bool          // cut off for holding the job back beyond slowGrace
+	gone bool          // the consumer went away
 }
+
+// slowGrace is how long in all a shared job waits for a consumer a window
+// behind another before it cuts that consumer off: a consumer that lags
+// for a moment (a busy machine, a TCP window) is waited for, one that
+// stalls costs the others this much once.
+const slowGrace = time.Second
 
 // join attaches a new consumer, or returns nil if the flight's response
 // has moved past what a late consumer could still be given in full.
@@ -333,18 +341,44 @@ func (f *flight) appendChunk(p []byte) error {
 		for s := range f.subs {
 			fastest = max(fastest, s.off)
 		}
-		if fastest >= need {
-			for s := range f.subs {
-				if s.off < need && !s.cut {
+		if fastest < need {
+			// Even the fastest consumer is a window behind: the job
+			// goes at its pace, as a job of its own would.
+			f.room.Wait()
+			continue
+		}
+		// Those behind hold back the others: they are waited for within
+		// what is left of their grace, then cut off.
+		wait, holding := slowGrace, false
+		for s := range f.subs {
+			if s.off < need && !s.cut {
+				if s.held >= slowGrace {
 					s.cut = true
+					continue
 				}
+				wait, holding = min(wait, slowGrace-s.held), true
 			}
-			f.data.Broadcast()
+		}
+		if !holding {
+			f.data.Broadcast() // the cut consumers stop
 			f.buf = f.buf[need-f.base:]
 			f.base = need
 			break
 		}
+		start := time.Now()
+		t := time.AfterFunc(wait, func() {
+			f.mu.Lock()
+			f.room.Broadcast()
+			f.mu.Unlock()
+		})
 		f.room.Wait()
+		t.Stop()
+		waited := time.Since(start)
+		for s := range f.subs {
+			if s.off < need {
+				s.held += waited
+			}
+		}
 	}
 	f.buf = append(f.buf, p...)
 	f.end += int64(len(p))

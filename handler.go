@@ -33,6 +33,9 @@ type Handler struct {
 	// Makes concurrent identical requests share one job (coalesce.go).
 	Coalesce *CoalesceConfig `json:"coalesce,omitempty"`
 
+	// Keeps the route's cacheable results in Caddy's storage (cache.go).
+	Cache *CacheConfig `json:"cache,omitempty"`
+
 	share *share
 
 	pool   *Pool

@@ -16,17 +16,23 @@ import (
 type share struct {
 	h        *Handler
 	coalesce *coalescer
+	cache    *resultCache
 }
 
 // shareObs counts what coalescing and caching did, for the metrics.
 type shareObs struct {
 	coalesced atomic.Uint64 // requests that joined another's job
 	consumers atomic.Int64  // consumers of shared jobs now
+	cache     [numCacheResults]atomic.Uint64
+	// filled counts the misses whose job and store have ended: a result
+	// is stored after its consumer has the last byte, and tests wait for
+	// it.
+	filled atomic.Uint64
 }
 
 // provisionShare sets up coalescing and caching for the route.
 func (h *Handler) provisionShare(ctx caddy.Context) error {
-	if h.Coalesce == nil {
+	if h.Coalesce == nil && h.Cache == nil {
 		return nil
 	}
 	s := &share{h: h}
@@ -37,16 +43,51 @@ func (h *Handler) provisionShare(ctx caddy.Context) error {
 		}
 		s.coalesce = g
 	}
+	if h.Cache != nil {
+		rc, err := newResultCache(ctx, h.Cache, h.pool, h.logger)
+		if err != nil {
+			return err
+		}
+		s.cache = rc
+	}
 	h.share = s
 	return nil
 }
 
-// serve answers r through the route's coalescing and cache.
-func (s *share) serve(w http.ResponseWriter, r *http.Request) error {
-	if s.coalesce != nil && s.coalesce.applies(r) {
-		return s.coalesce.serve(w, r, s.h.serveJob)
+// Cleanup stops the cache's scans of the storage.
+func (h *Handler) Cleanup() error {
+	if h.share != nil && h.share.cache != nil {
+		h.share.cache.stop()
 	}
-	return s.h.serveJob(w, r)
+	return nil
+}
+
+// serve answers r from the route's cache, else through its coalescing,
+// else with a job of its own. A result that may be stored is stored by
+// the job that made it, so once however many consumers shared it.
+func (s *share) serve(w http.ResponseWriter, r *http.Request) error {
+	run := s.h.serveJob
+	if rc := s.cache; rc != nil {
+		if !rc.applies(r) {
+			rc.count(cacheBypass)
+			w.Header().Set("Cache-Status", "reverse_http; fwd=bypass")
+		} else {
+			key, full := rc.storageKey(r)
+			if rc.serveHit(w, r, key, full) {
+				rc.count(cacheHit)
+				return nil
+			}
+			rc.count(cacheMiss)
+			w.Header().Set("Cache-Status", "reverse_http; fwd=miss")
+			run = func(w http.ResponseWriter, r *http.Request) error {
+				return rc.fill(w, r, key, full, s.h.serveJob)
+			}
+		}
+	}
+	if s.coalesce != nil && s.coalesce.applies(r) {
+		return s.coalesce.serve(w, r, run)
+	}
+	return run(w, r)
 }
 
 // parseSize reads one positive size argument (10MB, 64KiB).
@@ -71,3 +112,6 @@ func parseKey(d *caddyfile.Dispenser) ([]string, error) {
 	}
 	return args, nil
 }
+
+// Interface guards
+var _ caddy.CleanerUpper = (*Handler)(nil)
