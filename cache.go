@@ -225,7 +225,10 @@ func (rc *resultCache) serveHit(w http.ResponseWriter, r *http.Request, key, ful
 	copyHeader(w.Header(), m.Header)
 	w.Header().Set("Age", strconv.Itoa(int(now.Sub(m.Stored).Seconds())))
 	w.Header().Set("Cache-Status", fmt.Sprintf("reverse_http; hit; ttl=%d", int(m.Expires.Sub(now).Seconds())))
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method != http.MethodHead {
+		// A HEAD entry keeps the length its worker announced.
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	}
 	w.WriteHeader(m.Status)
 	if r.Method != http.MethodHead {
 		w.Write(body)

@@ -72,7 +72,7 @@ func main() {
 	caddyBin := flag.String("caddy", "bin/caddy", "Caddy binary built with the plugin")
 	workerBin := flag.String("worker", "bin/reverse-http-worker", "reverse-http-worker binary")
 	out := flag.String("out", "bench/results", "`DIR` for RESULTS.md, the plots and the profiles")
-	only := flag.String("only", "tiny,sched,large,scale,multihub", "comma-separated `SCENARIOS` to run")
+	only := flag.String("only", "tiny,sched,large,scale,multihub,share", "comma-separated `SCENARIOS` to run")
 	quick := flag.Bool("quick", false, "short runs, to check the harness (figures are not meaningful)")
 	profile := flag.Bool("profile", false, "save Caddy's CPU profile during scenario 1's (b) and (c) runs in the -out directory")
 	readme := flag.String("readme", "", "`FILE` (README.md) whose table between the bench markers is replaced with the results; not with -quick")
@@ -138,6 +138,7 @@ func run(o *options, caddyBin, workerBin, readme string, only []string) error {
 		{"large", largeBodies},
 		{"scale", scale},
 		{"multihub", multiHub},
+		{"share", sharing},
 	}
 	ran := 0
 	for _, s := range scenarios {
