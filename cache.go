@@ -218,8 +218,10 @@ func (rc *resultCache) serveHit(w http.ResponseWriter, r *http.Request, key, ful
 		return false
 	}
 	if !now.Before(m.Expires) {
+		// Deleted before the miss's job runs, so that it cannot delete
+		// the result that job stores.
 		rc.forget(key)
-		go rc.delete(key)
+		rc.deleteWith(ctx, key)
 		return false
 	}
 	copyHeader(w.Header(), m.Header)
@@ -322,7 +324,8 @@ func headerSize(h http.Header) int64 {
 // stored, and for how long it is fresh: RFC 9111's rules for a shared
 // cache, less those that need revalidation (no-cache is not stored).
 func (rc *resultCache) storable(status int, h http.Header) (time.Duration, bool) {
-	if !cacheableStatus[status] || len(h.Values("Set-Cookie")) > 0 {
+	if !cacheableStatus[status] || len(h.Values("Set-Cookie")) > 0 || len(h.Values("Trailer")) > 0 {
+		// Trailers are not kept: a hit could not give them.
 		return 0, false
 	}
 	for _, v := range h.Values("Vary") {
@@ -411,12 +414,6 @@ func (rc *resultCache) forget(key string) {
 		delete(rc.index, key)
 	}
 	rc.mu.Unlock()
-}
-
-func (rc *resultCache) delete(key string) {
-	ctx, cancel := context.WithTimeout(context.Background(), cacheStorageTimeout)
-	defer cancel()
-	rc.deleteWith(ctx, key)
 }
 
 func (rc *resultCache) deleteWith(ctx context.Context, key string) {

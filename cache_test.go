@@ -153,6 +153,7 @@ func TestCacheControl(t *testing.T) {
 		{"h=Cache-Control:max-age=60,s-maxage=0", false},
 		{"h=Cache-Control:max-age=x", false},
 		{"h=Set-Cookie:a=b", false},
+		{"h=Trailer:X-Sum", false},
 		{"h=Vary:Accept", true},
 		{"h=Vary:Accept-Language", false},
 		{"h=Vary:*", false},

@@ -131,9 +131,11 @@ func (g *coalescer) serve(w http.ResponseWriter, r *http.Request, run func(http.
 func (g *coalescer) start(key string, r *http.Request) *flight {
 	// The job must not take the first consumer's hang-up for its end, so
 	// its context is not the consumer's and keeps no way to its socket.
-	// It outlives that consumer's handler, so it has vars and a replacer
-	// of its own, with the request placeholders of its own request.
+	// It outlives that consumer's handler, so it has vars, a replacer
+	// (with the request placeholders of its own request) and access log
+	// fields of its own.
 	base := context.WithValue(context.WithoutCancel(r.Context()), consumerConnKey{}, nil)
+	base = context.WithValue(base, caddyhttp.ExtraLogFieldsCtxKey, new(caddyhttp.ExtraLogFields))
 	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 	vars = maps.Clone(vars)
 	if vars == nil {
