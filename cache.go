@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
@@ -44,6 +45,11 @@ type CacheConfig struct {
 	// The most the route's results may take in the storage; the oldest
 	// go first when a new one would exceed it. Default: 1GiB.
 	MaxTotalSize int64 `json:"max_total_size,omitempty"`
+
+	// The storage module to keep results in (namespace caddy.storage),
+	// for instance one that several hubs share. Default: Caddy's storage
+	// (the global storage option, else the file system).
+	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=caddy.storage inline_key=module"`
 }
 
 const (
@@ -107,9 +113,19 @@ func newResultCache(ctx caddy.Context, c *CacheConfig, pool *Pool, logger *zap.L
 	if c.TTL <= 0 {
 		return nil, errors.New("cache: ttl must be positive")
 	}
+	storage := ctx.Storage()
+	if c.StorageRaw != nil {
+		mod, err := ctx.LoadModule(c, "StorageRaw")
+		if err != nil {
+			return nil, fmt.Errorf("cache: loading the storage module: %v", err)
+		}
+		if storage, err = mod.(caddy.StorageConverter).CertMagicStorage(); err != nil {
+			return nil, fmt.Errorf("cache: setting up the storage: %v", err)
+		}
+	}
 	rc := &resultCache{
 		ttl: time.Duration(c.TTL), key: c.Key, maxEntry: c.MaxEntrySize, maxTotal: c.MaxTotalSize,
-		storage: ctx.Storage(), prefix: "reverse_http/cache/" + pool.name + "/", pool: pool, logger: logger,
+		storage: storage, prefix: "reverse_http/cache/" + pool.name + "/", pool: pool, logger: logger,
 		order: linked.New(), index: map[string]*linked.Element{},
 	}
 	if len(rc.key) == 0 {
@@ -481,7 +497,8 @@ func (rc *resultCache) scan(ctx context.Context) {
 func (rc *resultCache) count(result int) { rc.pool.obs.shared.cache[result].Add(1) }
 
 // unmarshalCaddyfile reads the cache directive of the handler block:
-// `cache <ttl> { key ...; max_entry_size <size>; max_total_size <size> }`.
+// `cache <ttl> { key ...; max_entry_size <size>; max_total_size <size>;
+// storage <module> ... }`.
 func (c *CacheConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	var s string
 	if !d.AllArgs(&s) {
@@ -510,8 +527,21 @@ func (c *CacheConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				c.MaxTotalSize = size
 			}
+		case "storage":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			unm, err := caddyfile.UnmarshalModule(d, "caddy.storage."+name)
+			if err != nil {
+				return d.Errf("cache storage: %v", err)
+			}
+			if _, ok := unm.(caddy.StorageConverter); !ok {
+				return d.Errf("module caddy.storage.%s is not a storage", name)
+			}
+			c.StorageRaw = caddyconfig.JSONModuleObject(unm, "module", name, nil)
 		default:
-			return d.Errf("unrecognized cache option %q (want key, max_entry_size or max_total_size)", opt)
+			return d.Errf("unrecognized cache option %q (want key, max_entry_size, max_total_size or storage)", opt)
 		}
 	}
 	return nil

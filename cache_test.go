@@ -301,3 +301,25 @@ func TestCacheWithCoalesce(t *testing.T) {
 		t.Errorf("%d jobs, %d stored; want 1 and 1", app.jobs.Load(), cacheCount(t, cacheStored))
 	}
 }
+
+// TestCacheOwnStorage: a cache with a storage module of its own keeps its
+// results there, not in Caddy's storage.
+func TestCacheOwnStorage(t *testing.T) {
+	dir := t.TempDir()
+	h := cacheHub(t, `cache 1m {
+			storage file_system `+dir+`
+		}`)
+	app := new(countingApp)
+	startWorker(t, h, "jobs", "", 1, app)
+	getSettled(t, h, "/own")
+	if _, body := getSettled(t, h, "/own"); body != "job 1" || app.jobs.Load() != 1 {
+		t.Errorf("repeat got %q after %d jobs; want a hit", body, app.jobs.Load())
+	}
+	files, _ := os.ReadDir(filepath.Join(dir, "reverse_http", "cache", "jobs"))
+	if len(files) != 1 {
+		t.Errorf("%d entries in the cache's own storage; want 1", len(files))
+	}
+	if _, err := os.Stat(cacheDir()); err == nil {
+		t.Errorf("the cache wrote to Caddy's storage too")
+	}
+}

@@ -260,6 +260,7 @@ func parseDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
 //			key <placeholder...>
 //			max_entry_size <size>
 //			max_total_size <size>
+//			storage <module> ...
 //		}
 //	}
 //
