@@ -434,9 +434,11 @@ func (f *flight) relay(s *subscriber, w http.ResponseWriter, r *http.Request) er
 		}
 		if s.off == f.end {
 			// done, and everything relayed
-			broke, trailer := f.broke, f.trailer
+			broke, trailer := f.broke || f.err != nil, f.trailer
 			f.mu.Unlock()
 			if broke {
+				// Never pass off a response the job did not finish as
+				// complete.
 				panic(http.ErrAbortHandler)
 			}
 			copyHeader(w.Header(), trailer)
