@@ -259,6 +259,17 @@ func parseDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
 //			weight <key> <n>
 //		}
 //		admit_by_estimate
+//		coalesce {
+//			key <placeholder...>
+//			methods <method...>
+//			buffer <size>
+//		}
+//		cache <ttl> {
+//			key <placeholder...>
+//			max_entry_size <size>
+//			max_total_size <size>
+//			storage <module> ...
+//		}
 //	}
 //
 // The pool must be defined in the reverse_http global option.
@@ -298,6 +309,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.QueueTimeout = dur
+		case "coalesce":
+			if h.Coalesce != nil {
+				return d.Err("duplicate coalesce block")
+			}
+			h.Coalesce = new(CoalesceConfig)
+			if err := h.Coalesce.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "cache":
+			if h.Cache != nil {
+				return d.Err("duplicate cache directive")
+			}
+			h.Cache = new(CacheConfig)
+			if err := h.Cache.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
 		default:
 			if ok, err := h.unmarshalSchedOption(d); ok {
 				if err != nil {
@@ -305,7 +332,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				continue
 			}
-			return d.Errf("unrecognized reverse_http option %q (want queue_timeout, priority, fair_by or admit_by_estimate)", d.Val())
+			return d.Errf("unrecognized reverse_http option %q (want queue_timeout, priority, fair_by, admit_by_estimate, coalesce or cache)", d.Val())
 		}
 	}
 	return nil

@@ -53,6 +53,14 @@ type Handler struct {
 
 	sched routeSched // the above, provisioned (schedroute.go)
 
+	// Makes concurrent identical requests share one job (coalesce.go).
+	Coalesce *CoalesceConfig `json:"coalesce,omitempty"`
+
+	// Keeps the route's cacheable results in Caddy's storage (cache.go).
+	Cache *CacheConfig `json:"cache,omitempty"`
+
+	share *share
+
 	pool   *Pool
 	proxy  *httputil.ReverseProxy
 	logger *zap.Logger
@@ -87,6 +95,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	registerConsumerConns(ctx)
+	if err := h.provisionShare(ctx); err != nil {
+		return err
+	}
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:       rewrite,
 		Transport:     transport{},
@@ -109,8 +120,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// ServeHTTP queues r in the pool and proxies it to a worker.
+// ServeHTTP queues r in the pool and proxies it to a worker, unless the
+// route shares jobs or their results (share.go).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if h.share != nil {
+		return h.share.serve(w, r)
+	}
+	return h.serveJob(w, r)
+}
+
+// serveJob queues r in the pool and proxies it to a worker.
+func (h *Handler) serveJob(w http.ResponseWriter, r *http.Request) error {
 	if r.Header.Get("Upgrade") != "" || r.Method == http.MethodConnect {
 		return caddyhttp.Error(http.StatusNotImplemented,
 			errors.New("reverse_http does not carry protocol upgrades or CONNECT to workers"))

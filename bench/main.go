@@ -73,7 +73,7 @@ func main() {
 	caddyBin := flag.String("caddy", "bin/caddy", "Caddy binary built with the plugin")
 	workerBin := flag.String("worker", "bin/reverse-http-worker", "reverse-http-worker binary")
 	out := flag.String("out", "bench/results", "`DIR` for RESULTS.md, the plots and the profiles")
-	only := flag.String("only", "tiny,sched,large,scale,multihub,classes,retry", "comma-separated `SCENARIOS` to run")
+	only := flag.String("only", "tiny,sched,large,scale,multihub,classes,retry,share", "comma-separated `SCENARIOS` to run")
 	quick := flag.Bool("quick", false, "short runs, to check the harness (figures are not meaningful)")
 	profile := flag.Bool("profile", false, "save Caddy's CPU profiles during scenario 1's first round, and the worker binary's over the scenario, in the -out directory")
 	readme := flag.String("readme", "", "`FILE` (README.md) whose table between the bench markers is replaced with the results; not with -quick")
@@ -145,6 +145,7 @@ func run(o *options, caddyBin, workerBin, readme string, only []string) error {
 			t, err := retryAfterScenario(e, o)
 			return []*table{t}, err
 		}},
+		{"share", sharing},
 	}
 	ran := 0
 	for _, s := range scenarios {

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +33,7 @@ import (
 //	                        time, later ones wait inside in arrival order
 //	POST /upload            streams the body through SHA-256, answers the digest
 //	GET  /download?bytes=N  N bytes with Content-Length
+//	GET  /jobs              how many /job requests the app has run
 func serveMain(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	listen := fs.String("listen", "", "plain HTTP `ADDRESS` to serve on")
@@ -140,6 +142,7 @@ func serveMain(args []string) error {
 const overrunHeader = "Bench-Overrun-Us"
 
 type benchApp struct {
+	jobs   atomic.Int64
 	speed  float64
 	serial *fifoLock
 	tiny   []byte
@@ -165,7 +168,10 @@ func (a *benchApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/tiny":
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write(a.tiny)
+	case "/jobs":
+		fmt.Fprintln(w, a.jobs.Load())
 	case "/job":
+		a.jobs.Add(1)
 		ms, err := strconv.ParseFloat(r.URL.Query().Get("ms"), 64)
 		if err != nil || ms < 0 {
 			http.Error(w, "bad ms", http.StatusBadRequest)
