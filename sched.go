@@ -106,6 +106,9 @@ func (q *waitQueue) pushOut(t *ticket) *waiter {
 	w := q.sched.pushOut(t)
 	if w != nil {
 		q.uncount(w)
+		if q.sched.n == 0 {
+			q.sched = nil
+		}
 	}
 	return w
 }
