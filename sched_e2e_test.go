@@ -407,3 +407,29 @@ func TestFairByFullQueue(t *testing.T) {
 		t.Fatalf("served %q", got)
 	}
 }
+
+// TestRequeueKeepsPriority: a request a worker declines goes back to the
+// head of its own class, ahead of a lower class that waited meanwhile.
+func TestRequeueKeepsPriority(t *testing.T) {
+	h := newHub(t, schedConfig("", "priority {http.request.header.X-Priority}"))
+	p := livePool(t, "jobs")
+	log := newOrderLog(0)
+	startWorker(t, h, "jobs", "secret", 1, log)
+	dones := queueBehindBlocker(t, h, p, [][]string{{"mid", "X-Priority", "3"}, {"high", "X-Priority", "5"}})
+	// A raw worker joins: it gets the high one, and declines it.
+	conn, br := rawWorker(t, h)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := req.Header.Get("X-Name"); got != "high" {
+		t.Fatalf("the new connection got %q, want high", got)
+	}
+	decline(conn)
+	waitFor(t, "the declined request back in the queue", func() bool { return p.Stats().Declined == 1 && p.Stats().Waiting == 2 })
+	close(log.release)
+	waitAll(t, dones)
+	if got, want := strings.Join(log.served(), " "), "blocker high mid"; got != want {
+		t.Fatalf("served %q, want %q", got, want)
+	}
+}
