@@ -207,6 +207,14 @@ func (p *Pool) take(ctx context.Context, deadline time.Time, tk *ticket, head bo
 		p.mu.Unlock()
 		return c, nil
 	}
+	if !head && tk != nil && tk.admit {
+		// A request the queue would keep past its deadline is better
+		// told at once; one already offered to a worker keeps its place.
+		if est, ok := p.estimateLocked(tk); ok && est > time.Until(deadline) {
+			p.mu.Unlock()
+			return nil, errWaitTooLong
+		}
+	}
 	if !head && p.limits.maxQueue > 0 && p.waiting.len() >= p.limits.maxQueue {
 		// A flooding fair_by key gives up its newest request for
 		// another key's.
@@ -217,14 +225,6 @@ func (p *Pool) take(ctx context.Context, deadline time.Time, tk *ticket, head bo
 		}
 		out.err = errQueueFull
 		out.ch <- nil
-	}
-	if !head && tk != nil && tk.admit {
-		// A request the queue would keep past its deadline is better
-		// told at once; one already offered to a worker keeps its place.
-		if est, ok := p.estimateLocked(tk); ok && est > time.Until(deadline) {
-			p.mu.Unlock()
-			return nil, errWaitTooLong
-		}
 	}
 	w := &waiter{ch: make(chan *workerConn, 1), since: time.Now(), tk: tk}
 	w.node.val = w

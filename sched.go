@@ -71,14 +71,19 @@ func (q *waitQueue) push(w *waiter, head bool) {
 			}
 			return
 		}
-		// The first request with a class or a key: those waiting go to
-		// the scheduler in their order, as class 0 and the empty key.
-		q.sched = newScheduler()
-		for o, ok := q.fifo.popFront(); ok; o, ok = q.fifo.popFront() {
-			q.sched.push(o, false)
-		}
+		q.toScheduler()
 	}
 	q.sched.push(w, head)
+}
+
+// toScheduler hands the waiting requests to a new scheduler, for the first
+// request with a class or a key: they keep their order, as class 0 and the
+// empty key.
+func (q *waitQueue) toScheduler() {
+	q.sched = newScheduler()
+	for o, ok := q.fifo.popFront(); ok; o, ok = q.fifo.popFront() {
+		q.sched.push(o, false)
+	}
 }
 
 // queued reports whether w is still in the queue.
@@ -100,12 +105,18 @@ func (q *waitQueue) remove(w *waiter) {
 // pushOut takes a request out of a full queue to make room for one with
 // ticket t (see scheduler.pushOut); nil if it takes none.
 func (q *waitQueue) pushOut(t *ticket) *waiter {
-	if q.sched == nil || t.plain() {
+	if t.plain() {
 		return nil
+	}
+	if q.sched == nil {
+		q.toScheduler()
 	}
 	w := q.sched.pushOut(t)
 	if w != nil {
 		q.uncount(w)
+	}
+	if q.sched.n == 0 {
+		q.sched = nil
 	}
 	return w
 }

@@ -299,22 +299,65 @@ func TestRetryAfterEstimate(t *testing.T) {
 
 // TestAdmitByEstimate: with admit_by_estimate, a request the estimate says
 // would wait past its queue timeout gets 503 at once, counted as
-// refused_estimate; one it says would be served in time is queued.
+// refused_estimate; one it says would be served in time is queued. Another
+// route without the option fills the queue.
 func TestAdmitByEstimate(t *testing.T) {
 	const job = 250 * time.Millisecond
-	h := newHub(t, schedConfig("", "queue_timeout 1200ms\n\t\tadmit_by_estimate"))
+	h := newHub(t, `{
+	reverse_http {
+		pool jobs {
+			listen {workers}
+			token secret
+		}
+	}
+}
+http://:{siteport} {
+	bind 127.0.0.1
+	handle /admit {
+		reverse_http jobs {
+			queue_timeout 1200ms
+			admit_by_estimate
+		}
+	}
+	reverse_http jobs
+}`)
 	p := livePool(t, "jobs")
 	log := newOrderLog(job)
 	startWorker(t, h, "jobs", "secret", 1, log)
 	warmEstimate(t, h, 3)
-	// The blocker runs; each queued request's estimate is (waiting + 1)
-	// jobs, 0.25 s each: 1.0 s at most for these four, within 1.2 s.
-	dones := queueBehindBlocker(t, h, p, [][]string{{"q1"}, {"q2"}, {"q3"}, {"q4"}})
-	// The next would wait for four and the running one: 1.25 s.
-	resp, _ := h.get("/")
+	admit := func(ctx context.Context) <-chan int {
+		done := make(chan int, 1)
+		go func() {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, h.site+"/admit", nil)
+			req.Header.Set("X-Name", "admit")
+			resp, err := testClient.Do(req)
+			if err != nil {
+				done <- 0
+				return
+			}
+			resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+		return done
+	}
+	// The blocker runs and one waits: the estimate is two jobs, about
+	// 0.5 s, within 1.2 s.
+	dones := queueBehindBlocker(t, h, p, [][]string{{"q1"}})
+	ctx, cancel := context.WithCancel(t.Context())
+	admitted := admit(ctx)
+	waitFor(t, "the admitted request to queue", func() bool { return p.Stats().Waiting == 2 })
+	cancel()
+	<-admitted
+	waitFor(t, "the admitted request to leave", func() bool { return p.Stats().Waiting == 1 })
+	// Seven waiting: eight jobs, about 2 s, past 1.2 s.
+	for i := 2; i <= 7; i++ {
+		dones = append(dones, sendAsync(t.Context(), h, fmt.Sprint("q", i)))
+		waitFor(t, "queued", func() bool { return p.Stats().Waiting == i })
+	}
 	s := p.service.get()
+	resp, _ := h.do(func() *http.Request { r, _ := http.NewRequest(http.MethodGet, h.site+"/admit", nil); return r }())
 	if resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("a request estimated to wait 5 × %v past a 1.2 s timeout: %d, want 503", s, resp.StatusCode)
+		t.Fatalf("a request estimated to wait 8 × %v past a 1.2 s timeout: %d, want 503", s, resp.StatusCode)
 	}
 	if n := p.obs.requests[outcomeRefusedEstimate].Load(); n != 1 {
 		t.Fatalf("refused_estimate counts %d", n)
@@ -322,11 +365,8 @@ func TestAdmitByEstimate(t *testing.T) {
 	if n := p.obs.requests[outcomeQueueTimeout].Load(); n != 0 {
 		t.Fatalf("the refusal counted as a queue timeout")
 	}
-	if got, want := resp.Header.Get("Retry-After"), strconv.Itoa(retryAfterOf(5*s)); got != want {
+	if got, want := resp.Header.Get("Retry-After"), strconv.Itoa(retryAfterOf(8*s)); got != want {
 		t.Fatalf("Retry-After %q, want %s from the estimate", got, want)
-	}
-	if p.Stats().Waiting != 4 {
-		t.Fatalf("%d waiting", p.Stats().Waiting)
 	}
 	close(log.release)
 	waitAll(t, dones)
@@ -365,5 +405,31 @@ func TestFairByFullQueue(t *testing.T) {
 	waitAll(t, []<-chan int{dones[0], dones[1], dones[2], b1, b2})
 	if got := strings.Join(log.served(), " "); got != "blocker a1 b1 a2 b2" {
 		t.Fatalf("served %q", got)
+	}
+}
+
+// TestRequeueKeepsPriority: a request a worker declines goes back to the
+// head of its own class, ahead of a lower class that waited meanwhile.
+func TestRequeueKeepsPriority(t *testing.T) {
+	h := newHub(t, schedConfig("", "priority {http.request.header.X-Priority}"))
+	p := livePool(t, "jobs")
+	log := newOrderLog(0)
+	startWorker(t, h, "jobs", "secret", 1, log)
+	dones := queueBehindBlocker(t, h, p, [][]string{{"mid", "X-Priority", "3"}, {"high", "X-Priority", "5"}})
+	// A raw worker joins: it gets the high one, and declines it.
+	conn, br := rawWorker(t, h)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := req.Header.Get("X-Name"); got != "high" {
+		t.Fatalf("the new connection got %q, want high", got)
+	}
+	decline(conn)
+	waitFor(t, "the declined request back in the queue", func() bool { return p.Stats().Declined == 1 && p.Stats().Waiting == 2 })
+	close(log.release)
+	waitAll(t, dones)
+	if got, want := strings.Join(log.served(), " "), "blocker high mid"; got != want {
+		t.Fatalf("served %q, want %q", got, want)
 	}
 }

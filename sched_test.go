@@ -1,6 +1,8 @@
 package reversehttp
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -303,5 +305,36 @@ func TestSchedJSONErrors(t *testing.T) {
 	c := Handler{Priority: "-7"}
 	if err := c.provisionSched(); err != nil || c.sched.prio != -7 || c.sched.prioExpr {
 		t.Fatalf("constant priority: %v %+v", err, c.sched)
+	}
+}
+
+// TestPoolFullQueueMakesRoomForHigherClass: in a full queue a request of a
+// higher class takes the place of the newest of the lower class; one of
+// the same class is refused.
+func TestPoolFullQueueMakesRoomForHigherClass(t *testing.T) {
+	p := testPool(2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errs := make([]chan error, 2)
+	for i := range errs {
+		errs[i] = make(chan error, 1)
+		go func() {
+			_, err := p.acquireFor(ctx, far(), &ticket{}, false)
+			errs[i] <- err
+		}()
+		waitFor(t, "queued", func() bool { return p.Stats().Waiting == i+1 })
+	}
+	if _, err := p.acquireFor(ctx, far(), &ticket{}, false); !errors.Is(err, errQueueFull) {
+		t.Fatalf("a third of the same class: %v, want errQueueFull", err)
+	}
+	go p.acquireFor(ctx, far(), &ticket{prio: 5}, false)
+	if err := <-errs[1]; !errors.Is(err, errQueueFull) {
+		t.Fatalf("the newest of the lower class: %v, want errQueueFull", err)
+	}
+	waitFor(t, "the higher one queued", func() bool { return p.Stats().Waiting == 2 })
+	select {
+	case err := <-errs[0]:
+		t.Fatalf("the oldest left the queue: %v", err)
+	default:
 	}
 }
