@@ -120,8 +120,11 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 		jobs.Delete(rw)
 		j.free()
 	}()
+	// hw is what the Handler writes to: rw itself, or for an Observer a
+	// wrapper (rw stays the key in jobs, which the deferred Delete uses).
+	hw := http.ResponseWriter(rw)
 	if w.cfg.Observer != nil {
-		rw, r = w.observe(j, rw, r)
+		hw, r = w.observe(j, rw, r)
 		defer j.ended()
 	}
 	if hc.accept && expectsContinue(r) {
@@ -131,7 +134,7 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 			j.accept()
 		}
 	}
-	w.cfg.Handler.ServeHTTP(rw, r)
+	w.cfg.Handler.ServeHTTP(hw, r)
 	j.returned = true
 }
 
