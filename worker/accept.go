@@ -122,8 +122,11 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 		// What the server writes from now on is the response's end.
 		hc.holdTail()
 	}()
+	// hw is what the Handler writes to: rw itself, or for an Observer a
+	// wrapper (rw stays the key in jobs, which the deferred Delete uses).
+	hw := http.ResponseWriter(rw)
 	if w.cfg.Observer != nil {
-		rw, r = w.observe(j, rw, r)
+		hw, r = w.observe(j, rw, r)
 		defer j.ended()
 	}
 	if hc.accept && expectsContinue(r) {
@@ -136,9 +139,9 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 	if w.redirect != nil && r.Method != http.MethodHead {
 		// Returns once an out-of-band response has ended: the slot is
 		// freed only then.
-		w.redirect.serve(w.cfg.Handler, rw, r, hc)
+		w.redirect.serve(w.cfg.Handler, hw, r, hc)
 	} else {
-		w.cfg.Handler.ServeHTTP(rw, r)
+		w.cfg.Handler.ServeHTTP(hw, r)
 	}
 	j.returned = true
 }

@@ -243,6 +243,18 @@ func TestObserverOutcomes(t *testing.T) {
 		t.Errorf("still running: %+v", run)
 	}
 	eventually(t, "no busy slot", func() bool { return rw.Busy() == 0 })
+	// Every job has left the package's map of running jobs (an observed
+	// job once stayed there, with its request, for ever).
+	eventually(t, "no job in the map of running jobs", func() bool {
+		n := 0
+		jobs.Range(func(k, v any) bool {
+			if v.(*job).worker == rw.Worker {
+				n++
+			}
+			return true
+		})
+		return n == 0
+	})
 	hubs := rw.Hubs()
 	if len(hubs) != 2 || hubs[0].Hub != a.addr() || hubs[1].Hub != b.addr() || hubs[1].Connections != 1 {
 		t.Errorf("Hubs: %+v", hubs)
