@@ -5,7 +5,7 @@
 #   make test    the tests, with the race detector
 #   make smoke   build bin/caddy and check it lists the plugin's modules
 #   make demo    build, then run demo/run.sh (DEMO_ONESHOT=1: check and exit)
-#   make bench   build, then run the benchmarks in bench/ (about 5 minutes);
+#   make bench   build, then run the benchmarks in bench/ (about 6 minutes);
 #                writes bench/results/RESULTS.md and the latency plots
 #   make soak    build, then run the soak in bench/ (about 3 minutes;
 #                SOAK_FLAGS=-quick: about 1 minute); fails if it finds a defect

@@ -54,6 +54,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			queue_timeout <duration>
 //			handshake_timeout <duration>
 //			response_timeout <duration>
+//			priority_aging <duration>
 //			max_response_header <size>
 //			max_attempts <n>
 //			max_handshakes <n>
@@ -158,7 +159,7 @@ func (pc *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_response_header must be a positive size such as 10MB, not %q", s)
 			}
 			pc.MaxResponseHeader = int64(size)
-		case "queue_timeout", "handshake_timeout", "response_timeout":
+		case "queue_timeout", "handshake_timeout", "response_timeout", "priority_aging":
 			dur, err := parseDuration(d)
 			if err != nil {
 				return err
@@ -168,6 +169,8 @@ func (pc *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				pc.QueueTimeout = dur
 			case "handshake_timeout":
 				pc.HandshakeTimeout = dur
+			case "priority_aging":
+				pc.PriorityAging = dur
 			default:
 				pc.ResponseTimeout = dur
 			}
@@ -251,6 +254,22 @@ func parseDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
 //
 //	reverse_http <pool> {
 //		queue_timeout <duration>
+//		priority <integer or placeholders>
+//		fair_by <placeholders> {
+//			weight <key> <n>
+//		}
+//		admit_by_estimate
+//		coalesce {
+//			key <placeholder...>
+//			methods <method...>
+//			buffer <size>
+//		}
+//		cache <ttl> {
+//			key <placeholder...>
+//			max_entry_size <size>
+//			max_total_size <size>
+//			storage <module> ...
+//		}
 //	}
 //
 // The pool must be defined in the reverse_http global option.
@@ -290,8 +309,30 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.QueueTimeout = dur
+		case "coalesce":
+			if h.Coalesce != nil {
+				return d.Err("duplicate coalesce block")
+			}
+			h.Coalesce = new(CoalesceConfig)
+			if err := h.Coalesce.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "cache":
+			if h.Cache != nil {
+				return d.Err("duplicate cache directive")
+			}
+			h.Cache = new(CacheConfig)
+			if err := h.Cache.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
 		default:
-			return d.Errf("unrecognized reverse_http option %q (want queue_timeout)", d.Val())
+			if ok, err := h.unmarshalSchedOption(d); ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			return d.Errf("unrecognized reverse_http option %q (want queue_timeout, priority, fair_by, admit_by_estimate, coalesce or cache)", d.Val())
 		}
 	}
 	return nil

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -456,6 +457,12 @@ func TestE2EHubRestart(t *testing.T) {
 	h.load(basicConfig)
 	waitPoolConns(t, w, 2, 20*time.Second)
 	t.Logf("worker back in the pool %v after the reload", time.Since(stopped).Round(time.Millisecond))
+	// The worker said once that it was back, after how many attempts.
+	back := regexp.MustCompile(`level=INFO msg="reconnected to hub" hub=` + regexp.QuoteMeta(h.worker) + ` address=\S+ pool=jobs attempts=\d+ down_for=\S+\n`)
+	waitFor(t, "the reconnected line", func() bool { return back.MatchString(w.out.String()) })
+	if n := strings.Count(w.out.String(), `msg="reconnected to hub"`); n != 1 {
+		t.Errorf("%d reconnected lines, want 1:\n%s", n, w.out.String())
+	}
 	if resp, body := h.get("/hello"); resp.StatusCode != http.StatusOK || body != "hello from the sample app\n" {
 		t.Fatalf("after the restart: %d %q", resp.StatusCode, body)
 	}

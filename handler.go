@@ -30,6 +30,37 @@ type Handler struct {
 	// Overrides the pool's queue timeout for this route.
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
+	// The request's priority class: an integer from -1000 to 1000, or
+	// placeholders that give one, such as
+	// `{http.request.header.X-Priority}` (a value that is no integer is 0,
+	// one beyond the bounds the bound). Higher classes are served first;
+	// the pool's priority_aging bounds how long any request waits behind
+	// them. Default: 0.
+	Priority string `json:"priority,omitempty"`
+
+	// Placeholders whose value (a tenant) the pool shares its slots by:
+	// within a class, the keys' requests are served in turn, each key as
+	// many at a time as its weight.
+	FairBy string `json:"fair_by,omitempty"`
+
+	// Weights of fair_by keys, from 1 to 1000; a key not listed weighs 1.
+	FairWeights map[string]int `json:"fair_weights,omitempty"`
+
+	// Refuses at once, with 503 and Retry-After, a request whose
+	// estimated wait exceeds its queue timeout, instead of letting it wait
+	// the timeout out.
+	AdmitByEstimate bool `json:"admit_by_estimate,omitempty"`
+
+	sched routeSched // the above, provisioned (schedroute.go)
+
+	// Makes concurrent identical requests share one job (coalesce.go).
+	Coalesce *CoalesceConfig `json:"coalesce,omitempty"`
+
+	// Keeps the route's cacheable results in Caddy's storage (cache.go).
+	Cache *CacheConfig `json:"cache,omitempty"`
+
+	share *share
+
 	pool   *Pool
 	proxy  *httputil.ReverseProxy
 	logger *zap.Logger
@@ -60,7 +91,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.QueueTimeout < 0 {
 		return errors.New("queue_timeout must not be negative")
 	}
+	if err := h.provisionSched(); err != nil {
+		return err
+	}
 	registerConsumerConns(ctx)
+	if err := h.provisionShare(ctx); err != nil {
+		return err
+	}
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:       rewrite,
 		Transport:     transport{},
@@ -83,8 +120,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// ServeHTTP queues r in the pool and proxies it to a worker.
+// ServeHTTP queues r in the pool and proxies it to a worker, unless the
+// route shares jobs or their results (share.go).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if h.share != nil {
+		return h.share.serve(w, r)
+	}
+	return h.serveJob(w, r)
+}
+
+// serveJob queues r in the pool and proxies it to a worker.
+func (h *Handler) serveJob(w http.ResponseWriter, r *http.Request) error {
 	if r.Header.Get("Upgrade") != "" || r.Method == http.MethodConnect {
 		return caddyhttp.Error(http.StatusNotImplemented,
 			errors.New("reverse_http does not carry protocol upgrades or CONNECT to workers"))
@@ -105,12 +151,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	now := time.Now()
 	j := &job{pool: h.pool, limits: limits, deadline: now.Add(queueTimeout), w: w, gone: consumerGone(r)}
+	h.ticket(r, now, &j.tk)
 	j.observe(r, now)
 	defer h.settle(j, r, id)
 	// Wait for a worker here, before the proxy copies the request: a
 	// waiting request then holds as little memory as it can, a shallower
 	// goroutine stack included, which counts with thousands waiting.
-	j.conn, j.err = h.pool.acquire(r.Context(), j.deadline, false)
+	j.conn, j.err = h.pool.acquireFor(r.Context(), j.deadline, &j.tk, false)
 	if j.err == nil && j.gone != nil && j.gone() {
 		// net/http cannot tell that an HTTP/1 consumer hung up while
 		// its request body is unread; the socket can.
@@ -134,7 +181,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	status := errorStatus(j.err)
 	if status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+		w.Header().Set("Retry-After", strconv.Itoa(h.pool.retryAfter(&j.tk, j.err)))
 	} else if r.ProtoMajor == 1 && r.ContentLength != 0 {
 		// The job's body writer may still be blocked reading the upload;
 		// closing the connection spares net/http draining the rest of the
@@ -147,7 +194,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	return caddyhttp.Error(status, fmt.Errorf("pool %s: %w", h.Pool, j.err))
 }
 
-// retryAfterSeconds is what a 503 advises a consumer to wait.
+// retryAfterSeconds is what a 503 advises a consumer to wait when the
+// pool has no estimate (see Pool.retryAfter).
 const retryAfterSeconds = 1
 
 // errorStatus maps why a request got no response from a worker to the
@@ -155,7 +203,7 @@ const retryAfterSeconds = 1
 func errorStatus(err error) int {
 	switch {
 	case errors.Is(err, errQueueFull), errors.Is(err, errQueueTimeout), errors.Is(err, errPoolClosed),
-		errors.Is(err, errTooManyAttempts):
+		errors.Is(err, errTooManyAttempts), errors.Is(err, errWaitTooLong):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errResponseTimeout):
 		return http.StatusGatewayTimeout

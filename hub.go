@@ -19,28 +19,38 @@ var (
 	errQueueFull    = errors.New("queue is full")
 	errQueueTimeout = errors.New("no worker became free within the queue timeout")
 	errPoolClosed   = errors.New("pool is shutting down")
+	errWaitTooLong  = errors.New("the estimated wait exceeds the queue timeout (admit_by_estimate)")
 )
 
-// Pool is the run-time state of one named pool: the FIFO queue of requests
-// waiting for a worker and the set of idle worker connections. Pools live in
+// Pool is the run-time state of one named pool: the queue of requests
+// waiting for a worker (FIFO unless routes ask for priorities or fair
+// sharing, see sched.go) and the set of idle worker connections. Pools live in
 // the package-level usage pool, so both survive config reloads.
 //
 // Invariant: a pool never holds ready idle connections and waiting
 // requests at the same time; whichever arrives second is matched with the
-// oldest of the other. Idle connections whose worker says it is not ready
-// (see readiness.go) wait in a list of their own.
+// oldest idle connection, or with the request the queue serves next. Idle
+// connections whose worker says it is not ready (see readiness.go) wait in
+// a list of their own.
 type Pool struct {
 	name string
 
 	mu       sync.Mutex
 	idle     list[*workerConn] // ready idle connections, the oldest first
 	unready  list[*workerConn] // idle connections not ready for a job
-	waiting  list[*waiter]     // oldest waiting request first
+	waiting  waitQueue         // waiting requests (sched.go)
 	conns    map[*workerConn]struct{}
 	limits   poolLimits
 	draining bool // no new requests; set on shutdown or removal
 	logger   *zap.Logger
 	obs      *poolObs // what operators see of it (observe.go)
+
+	// service estimates how long a job holds its connection, from the
+	// pool's completed jobs (sched.go).
+	service ewma
+	// promised is the latest time a Retry-After told a refused request
+	// to come back; zero once a request found a connection idle.
+	promised time.Time
 
 	// Counters since the pool was created.
 	joined   atomic.Uint64 // worker connections admitted
@@ -55,6 +65,7 @@ type poolLimits struct {
 	respTimeout       time.Duration // the longest a worker may take to begin its response; 0: none
 	maxResponseHeader int64         // the largest response head a worker may send
 	maxAttempts       int           // workers a request may be offered to, declines and replays included
+	aging             time.Duration // a request waiting this long goes ahead of every class and flow; 0: never
 	// admits says whether the config in force would let a connection in
 	// with these credentials: add refuses what it would not, so that a
 	// handshake that passed an older config's listener during a reload
@@ -123,9 +134,22 @@ func (p *Pool) Stats() PoolStats {
 
 // waiter is a request waiting for a connection.
 type waiter struct {
-	node  node[*waiter]
+	node  node[*waiter]    // on the FIFO list, or its flow's (sched.go)
 	ch    chan *workerConn // receives the connection, or nil on drain
 	since time.Time        // when it joined the queue
+	tk    *ticket          // its class, key and estimate; nil for none
+	err   error            // why it was taken out without a connection; nil: the pool closed
+	// With the scheduler: its place in arrival order, and its flow.
+	age  node[*waiter]
+	flow *flow
+}
+
+// arrived is when w's request arrived, which aging counts from.
+func (w *waiter) arrived() time.Time {
+	if w.tk != nil && !w.tk.arrived.IsZero() {
+		return w.tk.arrived
+	}
+	return w.since
 }
 
 // acquire returns a worker connection for a request, waiting in the queue
@@ -135,8 +159,14 @@ type waiter struct {
 // the head of the queue, since it is still the oldest, and prefers an idle
 // connection of a worker not in avoid.
 func (p *Pool) acquire(ctx context.Context, deadline time.Time, head bool, avoid ...string) (*workerConn, error) {
+	return p.acquireFor(ctx, deadline, nil, head, avoid...)
+}
+
+// acquireFor is acquire for a request whose ticket (nil for none) gives
+// its place in the queue.
+func (p *Pool) acquireFor(ctx context.Context, deadline time.Time, tk *ticket, head bool, avoid ...string) (*workerConn, error) {
 	for {
-		c, err := p.take(ctx, deadline, head, avoid)
+		c, err := p.take(ctx, deadline, tk, head, avoid)
 		if err != nil {
 			return nil, err
 		}
@@ -163,7 +193,7 @@ func (p *Pool) acquire(ctx context.Context, deadline time.Time, head bool, avoid
 
 // take takes a connection from the idle list, or waits in the queue for
 // one until the deadline.
-func (p *Pool) take(ctx context.Context, deadline time.Time, head bool, avoid []string) (*workerConn, error) {
+func (p *Pool) take(ctx context.Context, deadline time.Time, tk *ticket, head bool, avoid []string) (*workerConn, error) {
 	p.mu.Lock()
 	if p.draining {
 		p.mu.Unlock()
@@ -171,20 +201,34 @@ func (p *Pool) take(ctx context.Context, deadline time.Time, head bool, avoid []
 	}
 	if c := p.pickIdleLocked(avoid); c != nil {
 		p.takeIdleLocked(c)
+		if !p.promised.IsZero() {
+			p.promised = time.Time{} // the pool has room: the promises are kept
+		}
 		p.mu.Unlock()
 		return c, nil
 	}
+	if !head && tk != nil && tk.admit {
+		// A request the queue would keep past its deadline is better
+		// told at once; one already offered to a worker keeps its place.
+		if est, ok := p.estimateLocked(tk); ok && est > time.Until(deadline) {
+			p.mu.Unlock()
+			return nil, errWaitTooLong
+		}
+	}
 	if !head && p.limits.maxQueue > 0 && p.waiting.len() >= p.limits.maxQueue {
-		p.mu.Unlock()
-		return nil, errQueueFull
+		// A flooding fair_by key gives up its newest request for
+		// another key's.
+		out := p.waiting.pushOut(tk)
+		if out == nil {
+			p.mu.Unlock()
+			return nil, errQueueFull
+		}
+		out.err = errQueueFull
+		out.ch <- nil
 	}
-	w := &waiter{ch: make(chan *workerConn, 1), since: time.Now()}
+	w := &waiter{ch: make(chan *workerConn, 1), since: time.Now(), tk: tk}
 	w.node.val = w
-	if head {
-		p.waiting.pushFront(&w.node)
-	} else {
-		p.waiting.pushBack(&w.node)
-	}
+	p.waiting.push(w, head)
 	p.mu.Unlock()
 
 	timer := time.NewTimer(time.Until(deadline))
@@ -193,6 +237,9 @@ func (p *Pool) take(ctx context.Context, deadline time.Time, head bool, avoid []
 	select {
 	case c := <-w.ch:
 		if c == nil {
+			if w.err != nil {
+				return nil, w.err
+			}
 			return nil, errPoolClosed
 		}
 		return c, nil
@@ -203,8 +250,8 @@ func (p *Pool) take(ctx context.Context, deadline time.Time, head bool, avoid []
 	}
 
 	p.mu.Lock()
-	if w.node.in {
-		p.waiting.remove(&w.node)
+	if p.waiting.queued(w) {
+		p.waiting.remove(w)
 		p.mu.Unlock()
 		return nil, err
 	}
@@ -269,7 +316,7 @@ func (p *Pool) unlistLocked(c *workerConn) {
 }
 
 // put gives c, whose holder has not written to it since it was last
-// ready, to the oldest waiting request, or makes it idle when nobody
+// ready, to the next waiting request (the oldest, in a FIFO queue), or makes it idle when nobody
 // waits. A connection of a draining pool, or one retired, closes.
 func (p *Pool) put(c *workerConn) { p.putAs(c, c.ready) }
 
@@ -284,12 +331,13 @@ func (p *Pool) putAs(c *workerConn, ready bool) {
 		return
 	}
 	c.ready = ready
-	if w, ok := p.waiting.front(); ok && ready {
-		p.waiting.remove(&w.node)
-		c.setState(stateReserved)
-		w.ch <- c
-		p.mu.Unlock()
-		return
+	if ready {
+		if w, ok := p.waiting.pop(p.limits.aging); ok {
+			c.setState(stateReserved)
+			w.ch <- c
+			p.mu.Unlock()
+			return
+		}
 	}
 	c.setState(stateIdle)
 	p.listLocked(c)
@@ -430,7 +478,7 @@ func (p *Pool) logDropped(c *workerConn, err error) {
 func (p *Pool) drain() {
 	p.mu.Lock()
 	p.draining = true
-	for w, ok := p.waiting.popFront(); ok; w, ok = p.waiting.popFront() {
+	for w, ok := p.waiting.pop(0); ok; w, ok = p.waiting.pop(0) {
 		w.ch <- nil
 	}
 	var idle []*workerConn

@@ -24,13 +24,19 @@ var (
 	descWorkers = prometheus.NewDesc(metricPrefix+"workers",
 		"Worker connections (slots) now, by state: idle (waiting for a job) or busy (taken by a request).", []string{"pool", "state"}, nil)
 	descRequests = prometheus.NewDesc(metricPrefix+"requests_total",
-		"Requests the pool handled, by outcome: ok (a worker answered), queue_full, queue_timeout, worker_failed, response_timeout, cancelled_queued, cancelled_running, pool_closed.", []string{"pool", "outcome"}, nil)
+		"Requests the pool handled, by outcome: ok (a worker answered), queue_full, queue_timeout, worker_failed, response_timeout, cancelled_queued, cancelled_running, pool_closed, refused_estimate (admit_by_estimate).", []string{"pool", "outcome"}, nil)
 	descRequeues = prometheus.NewDesc(metricPrefix+"requeues_total",
 		"Requests given to another worker connection because the first could not have started them, by reason: declined, not_started, stale_connection.", []string{"pool", "reason"}, nil)
 	descHandshakes = prometheus.NewDesc(metricPrefix+"handshakes_total",
 		"Worker connections' attempts to join, by result: ok, or why they were refused. Those that name no pool of their address count under its first pool.", []string{"pool", "result"}, nil)
 	descDisconnects = prometheus.NewDesc(metricPrefix+"worker_disconnects_total",
 		"Worker connections that left the pool, by reason.", []string{"pool", "reason"}, nil)
+	descCoalesced = prometheus.NewDesc(metricPrefix+"coalesced_total",
+		"Requests that joined the job of an identical request instead of running one (coalesce).", []string{"pool"}, nil)
+	descCoalescing = prometheus.NewDesc(metricPrefix+"coalescing_consumers",
+		"Consumers waiting for, or being sent, the response of a shared job now (coalesce).", []string{"pool"}, nil)
+	descCache = prometheus.NewDesc(metricPrefix+"cache_total",
+		"Cache lookups by result (hit, miss, bypass: a request the cache may not answer) and what became of the misses' responses (stored, uncacheable, too_large).", []string{"pool", "result"}, nil)
 
 	// Per worker, where the pool's config turns them on.
 	descWorkerConns = prometheus.NewDesc(metricPrefix+"worker_connections",
@@ -40,7 +46,7 @@ var (
 	descWorkerFailures = prometheus.NewDesc(metricPrefix+"worker_failures_total",
 		"Requests a worker took and failed (502, 504); the worker is its name@host.", []string{"pool", "worker"}, nil)
 
-	poolDescs      = []*prometheus.Desc{descQueueDepth, descOldestWait, descMaxQueue, descWorkers, descRequests, descRequeues, descHandshakes, descDisconnects}
+	poolDescs      = []*prometheus.Desc{descQueueDepth, descOldestWait, descMaxQueue, descWorkers, descRequests, descRequeues, descHandshakes, descDisconnects, descCoalesced, descCoalescing, descCache}
 	perWorkerDescs = []*prometheus.Desc{descWorkerConns, descWorkerJobs, descWorkerFailures}
 )
 
@@ -108,6 +114,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counters(ch, descRequeues, p.name, o.requeues[:], requeueNames[:])
 		counters(ch, descHandshakes, p.name, o.handshakes[resultOK:], handshakeNames[resultOK:])
 		counters(ch, descDisconnects, p.name, o.leaves[:], leaveNames[:])
+		ch <- prometheus.MustNewConstMetric(descCoalesced, prometheus.CounterValue, float64(o.shared.coalesced.Load()), p.name)
+		gauge(ch, descCoalescing, float64(o.shared.consumers.Load()), p.name)
+		counters(ch, descCache, p.name, o.shared.cache[:], cacheResultNames[:])
 		o.queueWait.Collect(ch)
 		o.jobDuration.Collect(ch)
 		if cp.perWorker {

@@ -91,6 +91,12 @@ type PoolConfig struct {
 	// The longest a request waits for a worker before 503. Default: 30s.
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
+	// How long a request may wait before it goes ahead of every priority
+	// class and fair_by key (oldest first), so that none starves behind
+	// them. Only routes with priority or fair_by make it matter. Default:
+	// half the queue timeout.
+	PriorityAging caddy.Duration `json:"priority_aging,omitempty"`
+
 	// The longest a worker may take to complete its handshake (and TLS
 	// handshake). Default: 10s.
 	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
@@ -219,6 +225,7 @@ func (pc *PoolConfig) limits() poolLimits {
 		respTimeout:       time.Duration(pc.ResponseTimeout),
 		maxResponseHeader: pc.MaxResponseHeader,
 		maxAttempts:       pc.MaxAttempts,
+		aging:             time.Duration(pc.PriorityAging),
 		admits:            pc.admits,
 	}
 }
@@ -235,6 +242,9 @@ func (pc *PoolConfig) provision(name string, repl *caddy.Replacer) error {
 	}
 	if pc.QueueTimeout <= 0 {
 		pc.QueueTimeout = caddy.Duration(DefaultQueueTimeout)
+	}
+	if pc.PriorityAging <= 0 {
+		pc.PriorityAging = pc.QueueTimeout / 2
 	}
 	if pc.HandshakeTimeout <= 0 {
 		pc.HandshakeTimeout = caddy.Duration(DefaultHandshakeTimeout)

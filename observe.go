@@ -24,6 +24,7 @@ type poolObs struct {
 	requeues   [numRequeueReasons]atomic.Uint64
 	handshakes [numHandshakeResults]atomic.Uint64
 	leaves     [numLeaveReasons]atomic.Uint64
+	shared     shareObs // coalescing and caching (share.go)
 
 	queueWait   prometheus.Histogram
 	jobDuration prometheus.Histogram

@@ -23,12 +23,13 @@ const (
 	outcomeCancelledQueued                 // the consumer left while the request waited
 	outcomeCancelledRunning                // the consumer left while a worker ran it
 	outcomePoolClosed                      // 503: the pool was shutting down
+	outcomeRefusedEstimate                 // 503 at once: admit_by_estimate judged the wait longer than the queue timeout
 	numOutcomes
 )
 
 var outcomeNames = [numOutcomes]string{
 	"ok", "queue_full", "queue_timeout", "worker_failed", "response_timeout",
-	"cancelled_queued", "cancelled_running", "pool_closed",
+	"cancelled_queued", "cancelled_running", "pool_closed", "refused_estimate",
 }
 
 // outcomeOf classifies err, which ended a request before a worker's
@@ -42,6 +43,8 @@ func outcomeOf(err error, running bool) outcome {
 		return outcomeQueueFull
 	case errors.Is(err, errQueueTimeout):
 		return outcomeQueueTimeout
+	case errors.Is(err, errWaitTooLong):
+		return outcomeRefusedEstimate
 	case errors.Is(err, errPoolClosed):
 		return outcomePoolClosed
 	case errors.Is(err, errResponseTimeout):

@@ -204,7 +204,7 @@ func frameVerdict(f byte) error {
 
 // readyLocked applies frame f, read from idle c by its watcher, and
 // reports whether c is still idle: a connection that becomes ready goes to
-// the oldest waiting request, if any. p.mu is held.
+// the next waiting request, if any. p.mu is held.
 func (p *Pool) readyLocked(c *workerConn, f byte) bool {
 	ready := c.ready
 	switch f {
@@ -219,7 +219,7 @@ func (p *Pool) readyLocked(c *workerConn, f byte) bool {
 	p.unlistLocked(c)
 	c.ready = ready
 	if ready {
-		if w, ok := p.waiting.popFront(); ok {
+		if w, ok := p.waiting.pop(p.limits.aging); ok {
 			c.setState(stateReserved)
 			w.ch <- c
 			return false

@@ -131,7 +131,11 @@ func (h *Handler) settle(j *job, r *http.Request, id string) {
 	if o.worker != nil {
 		po.queueWait.Observe(o.waited.Seconds())
 		po.recent.add(o.waited)
-		po.jobDuration.Observe(end.Sub(o.tookAt).Seconds())
+		held := end.Sub(o.tookAt)
+		po.jobDuration.Observe(held.Seconds())
+		if oc == outcomeOK {
+			h.served(j.pool, held)
+		}
 		o.worker.count(oc == outcomeOK, status == http.StatusBadGateway || status == http.StatusGatewayTimeout || (o.proxying && oc == outcomeWorkerFailed))
 	} else {
 		o.waited = end.Sub(o.arrived)

@@ -46,6 +46,7 @@ type job struct {
 	pool     *Pool
 	limits   poolLimits
 	deadline time.Time // when waiting in the queue gives up
+	tk       ticket    // its place in the queue (sched.go)
 	w        http.ResponseWriter
 	err      error // the error that ended the request before a response, if any
 	// conn is the connection the handler took from the pool before the
@@ -75,7 +76,7 @@ func (j *job) next(ctx context.Context) (*workerConn, error) {
 	if !time.Now().Before(j.deadline) {
 		return nil, errQueueTimeout
 	}
-	c, err := j.pool.acquire(ctx, j.deadline, true, j.tried...)
+	c, err := j.pool.acquireFor(ctx, j.deadline, &j.tk, true, j.tried...)
 	if err != nil {
 		return nil, err
 	}

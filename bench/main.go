@@ -38,6 +38,7 @@ type options struct {
 	tinyWarm   time.Duration
 	tinyRun    time.Duration
 	tinyRounds int
+	seqJobs    int // scenario 1's sequential 5 ms jobs per system
 
 	schedJobs int
 	seed      uint64
@@ -72,14 +73,14 @@ func main() {
 	caddyBin := flag.String("caddy", "bin/caddy", "Caddy binary built with the plugin")
 	workerBin := flag.String("worker", "bin/reverse-http-worker", "reverse-http-worker binary")
 	out := flag.String("out", "bench/results", "`DIR` for RESULTS.md, the plots and the profiles")
-	only := flag.String("only", "tiny,sched,large,scale,multihub", "comma-separated `SCENARIOS` to run")
+	only := flag.String("only", "tiny,sched,large,scale,multihub,classes,retry,share", "comma-separated `SCENARIOS` to run")
 	quick := flag.Bool("quick", false, "short runs, to check the harness (figures are not meaningful)")
-	profile := flag.Bool("profile", false, "save Caddy's CPU profile during scenario 1's (b) and (c) runs in the -out directory")
+	profile := flag.Bool("profile", false, "save Caddy's CPU profiles during scenario 1's first round, and the worker binary's over the scenario, in the -out directory")
 	readme := flag.String("readme", "", "`FILE` (README.md) whose table between the bench markers is replaced with the results; not with -quick")
 	flag.Parse()
 
 	o := &options{
-		conc: 64, tinyWarm: time.Second, tinyRun: 3 * time.Second, tinyRounds: 3,
+		conc: 64, tinyWarm: time.Second, tinyRun: 3 * time.Second, tinyRounds: 3, seqJobs: 400,
 		schedJobs: 3000, seed: 20261122,
 		largeBytes: 1 << 30,
 		scaleIdle:  10000, scaleWaiting: 10000, scaleSlots: 1000,
@@ -87,6 +88,7 @@ func main() {
 	if *quick {
 		o.quick = true
 		o.tinyWarm, o.tinyRun, o.tinyRounds = 200*time.Millisecond, 500*time.Millisecond, 1
+		o.seqJobs = 50
 		o.schedJobs = 400
 		o.largeBytes = 64 << 20
 		o.scaleIdle, o.scaleWaiting, o.scaleSlots = 500, 500, 100
@@ -133,11 +135,17 @@ func run(o *options, caddyBin, workerBin, readme string, only []string) error {
 		name string
 		run  func(*env, *options) ([]*table, error)
 	}{
-		{"tiny", func(e *env, o *options) ([]*table, error) { t, err := tinyJobs(e, o); return []*table{t}, err }},
+		{"tiny", tinyJobs},
 		{"sched", scheduling},
 		{"large", largeBodies},
 		{"scale", scale},
 		{"multihub", multiHub},
+		{"classes", classes},
+		{"retry", func(e *env, o *options) ([]*table, error) {
+			t, err := retryAfterScenario(e, o)
+			return []*table{t}, err
+		}},
+		{"share", sharing},
 	}
 	ran := 0
 	for _, s := range scenarios {

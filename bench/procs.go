@@ -340,3 +340,54 @@ func (e *env) startHAProxy(config string, addrs ...string) (*proc, error) {
 func (e *env) serve(name string, args ...string) (*proc, error) {
 	return e.start(name, true, e.self, append([]string{"serve"}, args...)...)
 }
+
+// cpuTime reads the CPU time (user and system, all threads) a process has
+// used so far, from /proc/PID/stat, at the kernel's clock tick (10 ms).
+// (The threads' schedstat would give nanoseconds, but on a virtual machine
+// it counts the time the host gave to others, which a shared machine
+// makes large and uneven.)
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces: fields are
+	// counted from after its closing parenthesis.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("malformed /proc stat times")
+	}
+	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+	return time.Duration(ut+st) * tick, nil
+}
+
+// waitConnections waits, for up to 30 s, until the pool of the Caddy
+// started last holds n idle worker connections.
+func (e *env) waitConnections(pool string, n int) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var st struct{ Idle, Busy int }
+		resp, err := http.Get("http://" + e.admin + "/reverse_http/pools/" + pool)
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+		}
+		if err == nil && st.Idle >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pool %s: %d of %d worker connections after 30s (%v)", pool, st.Idle, n, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -84,7 +84,7 @@ func runVariant(e *env, o *options, v schedVariant) (*table, []schedOutcome, err
 	jobs := makeTrace(o.seed, o.schedJobs, rate, shortMS, longMS)
 	span := jobs[len(jobs)-1].at
 
-	ports, err := freePorts(workers + 6)
+	ports, err := freePorts(workers + 7)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -95,6 +95,11 @@ func runVariant(e *env, o *options, v schedVariant) (*table, []schedOutcome, err
 	}
 	hub := addr(workers)
 	rhSite, rrSite, lcSite, lcmSite, haSite := addr(workers+1), addr(workers+2), addr(workers+3), addr(workers+4), addr(workers+5)
+	binSite := addr(workers + 6)
+	// Worker binaries, each forwarding to one backend, as a deployment
+	// whose app is not written in Go runs; not in the join-and-leave
+	// variant, whose joining worker has no backend of its own.
+	withBinaries := !v.joinLeave
 
 	// The backends for reverse_proxy and HAProxy: plain HTTP servers that
 	// run one job at a time; a job pushed to a busy one waits inside it.
@@ -127,7 +132,18 @@ func runVariant(e *env, o *options, v schedVariant) (*table, []schedOutcome, err
 			max_queue 100000
 			queue_timeout 5m
 		}
+		pool schedbin {
+			listen %[1]s
+			token %[2]s
+			max_queue 100000
+			queue_timeout 5m
+		}
 	}
+}
+
+http://%[8]s {
+	bind 127.0.0.1
+	reverse_http schedbin
 }
 
 http://%[3]s {
@@ -155,7 +171,7 @@ http://%[6]s {
 		lb_try_interval 5ms
 	}
 }
-`, hub, benchToken, rhSite, rrSite, lcSite, lcmSite, upstreams), rhSite, rrSite, lcSite, lcmSite, hub)
+`, hub, benchToken, rhSite, rrSite, lcSite, lcmSite, upstreams, binSite), rhSite, rrSite, lcSite, lcmSite, binSite, hub)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -210,8 +226,34 @@ backend workers
 		}
 	}()
 
+	if withBinaries {
+		binProcs := make([]*proc, workers)
+		defer func() {
+			for _, p := range binProcs {
+				if p != nil {
+					p.stop(10 * time.Second)
+				}
+			}
+		}()
+		for i := range workers {
+			p, err := e.start(fmt.Sprintf("sched-%s-binary%d", v.key, i), false, e.worker, "--hub", hub, "--pool", "schedbin",
+				"--token", benchToken, "--slots", "1", "--upstream", "http://"+backends[i], "--name", fmt.Sprintf("bin%d", i), "--log-level", "error")
+			if err != nil {
+				return nil, nil, err
+			}
+			binProcs[i] = p
+		}
+		// They connect on their own time.
+		if err := e.waitConnections("schedbin", workers); err != nil {
+			return nil, nil, fmt.Errorf("worker binaries: %v", err)
+		}
+	}
+
 	systems := []schedSystem{
-		{name: "`reverse_http`", short: "reverse_http", base: "http://" + rhSite, dynamic: true},
+		{name: "`reverse_http`, worker package in the app", short: "reverse_http", base: "http://" + rhSite, dynamic: true},
+	}
+	if withBinaries {
+		systems = append(systems, schedSystem{name: "`reverse_http` → worker binaries → app", short: "reverse_http, worker binaries", base: "http://" + binSite})
 	}
 	if ha != nil {
 		systems = append(systems, schedSystem{name: "HAProxy `leastconn`, `maxconn 1` per server", short: "HAProxy maxconn 1", base: "http://" + haSite})

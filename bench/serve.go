@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,9 +33,11 @@ import (
 //	                        time, later ones wait inside in arrival order
 //	POST /upload            streams the body through SHA-256, answers the digest
 //	GET  /download?bytes=N  N bytes with Content-Length
+//	GET  /jobs              how many /job requests the app has run
 func serveMain(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	listen := fs.String("listen", "", "plain HTTP `ADDRESS` to serve on")
+	listenUnix := fs.String("listen-unix", "", "plain HTTP on the unix socket `PATH` too")
 	hub := fs.String("hub", "", "`HOST:PORT` of a hub to serve jobs from")
 	pool := fs.String("pool", "", "pool `NAME` to join")
 	token := fs.String("token", "", "bearer `TOKEN`")
@@ -53,6 +56,26 @@ func serveMain(args []string) error {
 	errc := make(chan error, 2)
 	if *listen != "" {
 		ln, err := net.Listen("tcp", *listen)
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: h}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != http.ErrServerClosed {
+				errc <- err
+			}
+		}()
+		go func() {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+		}()
+	}
+	if *listenUnix != "" {
+		ln, err := net.Listen("unix", *listenUnix)
 		if err != nil {
 			return err
 		}
@@ -119,6 +142,7 @@ func serveMain(args []string) error {
 const overrunHeader = "Bench-Overrun-Us"
 
 type benchApp struct {
+	jobs   atomic.Int64
 	speed  float64
 	serial *fifoLock
 	tiny   []byte
@@ -144,7 +168,10 @@ func (a *benchApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/tiny":
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write(a.tiny)
+	case "/jobs":
+		fmt.Fprintln(w, a.jobs.Load())
 	case "/job":
+		a.jobs.Add(1)
 		ms, err := strconv.ParseFloat(r.URL.Query().Get("ms"), 64)
 		if err != nil || ms < 0 {
 			http.Error(w, "bad ms", http.StatusBadRequest)

@@ -108,7 +108,7 @@ function counts(kind, obj, bad) {
 
 function poolCard(p, now) {
 	const slotsTotal = p.busy + p.idle;
-	const refused = sum(p.requests, ["queue_full", "queue_timeout", "pool_closed"]);
+	const refused = sum(p.requests, ["queue_full", "queue_timeout", "pool_closed", "refused_estimate"]);
 	const failed = sum(p.requests, ["worker_failed", "response_timeout"]);
 	const rejected = Object.entries(p.handshakes).filter(([k]) => k !== "ok");
 	const h = p.history || [];
@@ -134,7 +134,7 @@ function poolCard(p, now) {
 		el("h3", {}, "Workers"),
 		workersTable(p, now),
 		el("h3", {}, "Requests by outcome"),
-		counts("outcome", p.requests, ["worker_failed", "response_timeout", "queue_full", "queue_timeout", "pool_closed"]),
+		counts("outcome", p.requests, ["worker_failed", "response_timeout", "queue_full", "queue_timeout", "pool_closed", "refused_estimate"]),
 		el("h3", {}, "Handshakes"),
 		counts("result", Object.fromEntries([["ok", p.handshakes.ok || 0], ...rejected]), rejected.map(([k]) => k)));
 }

@@ -67,6 +67,12 @@ type job struct {
 	hc       *hubConn // the connection it came on
 	auto     bool     // the Worker accepts it before it calls the Handler
 	freeOnce sync.Once
+
+	// For the Observer (see observe.go), on the handler's goroutine: how
+	// the job went, and what the Observer was given.
+	declined, failed, cancelled, returned bool
+	info                                  *Job            // nil without an Observer
+	ctx                                   context.Context // the Handler's
 }
 
 // free gives the job's slot back: its handler declined it, or returned.
@@ -104,6 +110,7 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !hc.takeSlot() {
+		w.observeNoSlot(r, hc)
 		w.declineFull(rw, r)
 		return
 	}
@@ -112,17 +119,31 @@ func (w *Worker) serveJob(rw http.ResponseWriter, r *http.Request) {
 	defer func() {
 		jobs.Delete(rw)
 		j.free()
+		// What the server writes from now on is the response's end.
+		hc.holdTail()
 	}()
-	if !hc.accept || !expectsContinue(r) {
-		w.cfg.Handler.ServeHTTP(rw, r)
-		return
+	// hw is what the Handler writes to: rw itself, or for an Observer a
+	// wrapper (rw stays the key in jobs, which the deferred Delete uses).
+	hw := http.ResponseWriter(rw)
+	if w.cfg.Observer != nil {
+		hw, r = w.observe(j, rw, r)
+		defer j.ended()
 	}
-	j.auto = !w.lateAccept
-	r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
-	if j.auto {
-		j.accept()
+	if hc.accept && expectsContinue(r) {
+		j.auto = !w.lateAccept
+		r = r.WithContext(context.WithValue(r.Context(), jobKey{}, j))
+		if j.auto {
+			j.accept()
+		}
 	}
-	w.cfg.Handler.ServeHTTP(rw, r)
+	if w.redirect != nil && r.Method != http.MethodHead {
+		// Returns once an out-of-band response has ended: the slot is
+		// freed only then.
+		w.redirect.serve(w.cfg.Handler, hw, r, hc)
+	} else {
+		w.cfg.Handler.ServeHTTP(hw, r)
+	}
+	j.returned = true
 }
 
 // declineFull declines a job that arrived when no slot was free or a gate
@@ -155,8 +176,10 @@ func declined(w http.ResponseWriter) {
 			j := v.(*job)
 			j.free()
 			if !j.accepted.Load() {
+				j.declined = true
 				return
 			}
+			j.failed = true
 			hint := "call Decline before Accept"
 			if j.auto {
 				hint = "wrap the Handler in worker.AcceptLater to decline jobs"

@@ -143,6 +143,7 @@ func (c *CGI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.health.Fail(err)
 		if accepted(r) { // by the Worker: c is wrapped in another Handler
 			c.log.Warn("cgi script cannot be run", "script", c.path, "method", r.Method, "uri", r.RequestURI, "err", err)
+			jobFailed(w)
 			http.Error(w, "cgi script cannot be run", http.StatusBadGateway)
 			return
 		}
@@ -220,6 +221,7 @@ func (c *CGI) finish(ctx context.Context, r *http.Request, cw *cgiWriter, attrs 
 	switch {
 	case errors.Is(cause, errCommandTimeout):
 		c.log.Warn("cgi script timed out", append(attrs, "timeout", c.timeout)...)
+		jobFailed(cw)
 		if cw.status == 0 {
 			cw.WriteHeader(http.StatusGatewayTimeout)
 		}
@@ -232,9 +234,11 @@ func (c *CGI) finish(ctx context.Context, r *http.Request, cw *cgiWriter, attrs 
 			cause = errors.New("the hub closed the connection")
 		}
 		c.log.Info("job cancelled", append(attrs, "reason", cause.Error())...)
+		jobCancelled(cw)
 		panic(http.ErrAbortHandler)
 	case cw.status == 0:
 		// net/http/cgi gives up on some bad heads without a status.
+		jobFailed(cw)
 		c.log.Warn("cgi script failed", attrs...)
 		http.Error(cw.ResponseWriter, "cgi script gave no valid response", http.StatusBadGateway)
 	case cw.status >= 500:

@@ -152,6 +152,12 @@ type hubConn struct {
 	// handshake and after every response, until a frame says otherwise.
 	sent   byte
 	closed bool
+	// held is the end of a response, written after its job's handler
+	// returned (hold), kept back to go out with the readiness frame that
+	// follows it in one write: the hub then reads the frame with the
+	// response, rather than being woken again for it a moment later.
+	held []byte
+	hold atomic.Bool
 
 	// listed: the connection is in ep.idle; guarded by the offers' lock.
 	listed bool
@@ -170,6 +176,33 @@ func (c *hubConn) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// Write writes p, or keeps it in held while hold is set.
+func (c *hubConn) Write(p []byte) (int, error) {
+	if c.hold.Load() {
+		c.wmu.Lock()
+		if c.hold.Load() {
+			c.held = append(c.held, p...)
+			c.wmu.Unlock()
+			return len(p), nil
+		}
+		c.wmu.Unlock()
+	}
+	return c.Conn.Write(p)
+}
+
+// holdTail is called when a job's handler has returned: what the server
+// writes from now until c is idle (or closed) is the response's end, which
+// waits for the readiness frame. Only connections that speak frames hold.
+func (c *hubConn) holdTail() {
+	if c.ready {
+		c.hold.Store(true)
+	}
+}
+
+// maxHeldKept is the largest held buffer a connection keeps for its next
+// response.
+const maxHeldKept = 8 << 10
 
 // arrived records that a job's first bytes came on c: no frame is written
 // from now until its response has ended, and the job takes a slot if one
@@ -195,11 +228,14 @@ func (c *hubConn) becomeIdle() {
 		c.wmu.Unlock()
 		return
 	}
+	c.hold.Store(false)
 	c.idle = true
 	c.sent = FrameNotReady
 	c.waiting.Store(true)
 	c.wmu.Unlock()
 	c.w.offers.idle(c)
+	// The response's end, if no frame took it along.
+	c.flush()
 }
 
 // takeSlot takes the decision on the job that has arrived on c: whether it
@@ -219,14 +255,27 @@ func (c *hubConn) takeSlot() bool {
 func (c *hubConn) flush() {
 	c.wmu.Lock()
 	f := byte(c.want.Load())
-	if !c.ready || !c.idle || c.closed || f == c.sent {
-		c.wmu.Unlock()
-		return
+	frame := c.ready && c.idle && !c.closed && f != c.sent
+	var err error
+	switch {
+	case c.idle && len(c.held) > 0:
+		// Without a deadline, as the server wrote the rest of the
+		// response.
+		b := c.held
+		if frame {
+			b = append(b, f)
+		}
+		_, err = c.Conn.Write(b)
+		c.held = c.held[:0]
+		if cap(c.held) > maxHeldKept {
+			c.held = nil
+		}
+	case frame:
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(frameWriteTimeout))
+		_, err = c.Conn.Write([]byte{f})
+		_ = c.Conn.SetWriteDeadline(time.Time{})
 	}
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(frameWriteTimeout))
-	_, err := c.Conn.Write([]byte{f})
-	_ = c.Conn.SetWriteDeadline(time.Time{})
-	if err == nil {
+	if err == nil && frame {
 		c.sent = f
 	}
 	c.wmu.Unlock()
@@ -237,6 +286,17 @@ func (c *hubConn) flush() {
 
 // Close closes the socket and frees the connection's slot, exactly once.
 func (c *hubConn) Close() error {
+	c.wmu.Lock()
+	c.hold.Store(false)
+	if len(c.held) > 0 && !c.closed {
+		// The end of the last response, as a server that closes after
+		// it would have written it; bounded, since a Close must not
+		// wait for a hub that does not read.
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(frameWriteTimeout))
+		_, _ = c.Conn.Write(c.held)
+	}
+	c.held = nil
+	c.wmu.Unlock()
 	err := c.Conn.Close()
 	c.closeOnce.Do(func() {
 		c.wmu.Lock()
@@ -347,6 +407,7 @@ func (w *Worker) slotLoop(l *hubListener, ep *endpoint, slot int, fatal chan<- e
 				ep.redial.failed(probe)
 				return
 			}
+			w.attemptFailed(ep, err)
 			if !w.everConnected.Load() {
 				if ferr := w.permanent(err); ferr != nil {
 					w.logFatal(log, ferr)
@@ -375,6 +436,7 @@ func (w *Worker) slotLoop(l *hubListener, ep *endpoint, slot int, fatal chan<- e
 		w.everConnected.Store(true)
 		w.connected.Add(1)
 		ep.hub.connected.Add(1)
+		w.attemptSucceeded(ep)
 		log.Debug("connected", "hub", ep.name, "address", ep.addr, "pool", w.cfg.Pool, "local", c.LocalAddr(),
 			"accept", c.accept, "ready", c.ready)
 

@@ -142,6 +142,7 @@ func (e *Exec) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.health.Fail(err)
 		if accepted(r) { // by the Worker: e is wrapped in another Handler
 			e.log.Warn("command cannot be started", "command", e.path, "method", r.Method, "uri", r.RequestURI, "err", err)
+			jobFailed(w)
 			http.Error(w, "command cannot be started", http.StatusBadGateway)
 			return
 		}

@@ -225,6 +225,7 @@ func (j *execJob) finish(cause, readErr error) {
 			cause = errors.New("the hub closed the connection")
 		}
 		j.e.log.Info("job cancelled: killed its command's process group", append(attrs, "reason", cause.Error())...)
+		jobCancelled(j.w)
 		panic(http.ErrAbortHandler)
 	default:
 		if readErr != nil {
@@ -238,6 +239,7 @@ func (j *execJob) finish(cause, readErr error) {
 // fail answers status if no output was sent, and otherwise cuts off the
 // response (net/http closes the connection without ending the body).
 func (j *execJob) fail(status int, msg string) {
+	jobFailed(j.w)
 	if j.wrote > 0 {
 		panic(http.ErrAbortHandler)
 	}

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"sync/atomic"
+	"time"
 )
 
 // Decline tells the hub that this worker does not take the job, so that the
@@ -60,6 +61,8 @@ var forwardedHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Hos
 // written upstream answers 502 Bad Gateway, since the job may have run.
 type Forwarder struct {
 	upstream *url.URL
+	target   *url.URL      // what the job's URL is rewritten to
+	pool     *upstreamPool // for the direct exchange; nil for https
 	log      *slog.Logger
 	rp       *httputil.ReverseProxy
 	health   *Health
@@ -68,7 +71,8 @@ type Forwarder struct {
 }
 
 // NewForwarder returns a Forwarder to upstream, an absolute http or https
-// URL whose path (if any) prefixes the job's path.
+// URL whose path (if any) prefixes the job's path, or unix:/PATH for an
+// upstream listening on the unix socket PATH (speaking plain HTTP).
 //
 // The job's Host header and the Forwarded/X-Forwarded-* headers the hub set
 // are passed on as they are. Request and response bodies are streamed, never
@@ -81,16 +85,29 @@ func NewForwarder(upstream *url.URL, logger *slog.Logger) *Forwarder {
 	}
 	f := &Forwarder{
 		upstream: upstream,
+		target:   upstream,
 		log:      logger,
 		dialer:   &net.Dialer{Timeout: probeTimeout},
 		tls:      &tls.Config{ServerName: upstream.Hostname()},
 	}
 	f.health = NewHealth(f.probe)
 	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = 64
+	transport.MaxIdleConnsPerHost = maxIdleUpstream
+	jobDialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	switch upstream.Scheme {
+	case "http":
+		f.pool = &upstreamPool{network: "tcp", addr: f.address(), dialer: jobDialer}
+	case "unix":
+		// The socket has no host name; the job's Host header is passed on.
+		f.target = &url.URL{Scheme: "http", Host: "localhost"}
+		f.pool = &upstreamPool{network: "unix", addr: unixPath(upstream), dialer: jobDialer}
+		transport.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return jobDialer.DialContext(ctx, "unix", f.pool.addr)
+		}
+	}
 	f.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(upstream)
+			pr.SetURL(f.target)
 			pr.Out.Host = pr.In.Host
 			// The hub's 100-continue is between hub and worker: the worker
 			// answers it when it accepts the job. Passing it on would make
@@ -130,6 +147,10 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Decline(w)
 		return
 	}
+	if f.direct(r) {
+		f.serveDirect(w, r)
+		return
+	}
 	fw := &forwarding{}
 	trace := &httptrace.ClientTrace{
 		GotConn: func(httptrace.GotConnInfo) {
@@ -147,6 +168,7 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		f.log.Debug("job cancelled by the hub", "method", r.Method, "uri", r.RequestURI)
+		jobCancelled(w)
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
@@ -161,6 +183,7 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	f.log.Warn("upstream request failed", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
+	jobFailed(w)
 	w.WriteHeader(http.StatusBadGateway)
 }
 
@@ -171,8 +194,8 @@ func isDialError(err error) bool {
 	return errors.As(err, &oe) && oe.Op == "dial"
 }
 
-// probe checks that the upstream accepts connections.
-func (f *Forwarder) probe(ctx context.Context) error {
+// address is the upstream's host and port.
+func (f *Forwarder) address() string {
 	port := f.upstream.Port()
 	if port == "" {
 		port = "80"
@@ -180,7 +203,27 @@ func (f *Forwarder) probe(ctx context.Context) error {
 			port = "443"
 		}
 	}
-	addr := net.JoinHostPort(f.upstream.Hostname(), port)
+	return net.JoinHostPort(f.upstream.Hostname(), port)
+}
+
+// unixPath is the socket path of a unix:/PATH (or unix:PATH) URL.
+func unixPath(u *url.URL) string {
+	if u.Opaque != "" {
+		return u.Opaque
+	}
+	return u.Path
+}
+
+// probe checks that the upstream accepts connections.
+func (f *Forwarder) probe(ctx context.Context) error {
+	if f.upstream.Scheme == "unix" {
+		c, err := f.dialer.DialContext(ctx, "unix", f.pool.addr)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
+	addr := f.address()
 	var (
 		c   net.Conn
 		err error

@@ -50,6 +50,8 @@ type endpoint struct {
 	// rtt is the shortest handshake round trip seen, in nanoseconds: it
 	// paces how long an offer stays with this hub (see offers).
 	rtt atomic.Int64
+	// outage counts the failed attempts since it last answered.
+	outage outage
 
 	// Guarded by the offers' lock: its connections with the ready
 	// feature that carry no job, the longest idle first; how often it has

@@ -50,6 +50,14 @@
 // not redial until a probe succeeds. So a worker that cannot do its jobs
 // does not take them.
 //
+// # Out-of-band responses
+//
+// With [Config.Redirect] a job's 200 response does not go through the
+// hub: the hub gets "303 See Other" to a one-time, signed, expiring URL on
+// a listener of the worker's, and the consumer that follows it gets the
+// body from there, streamed from the job, which keeps its slot until the
+// transfer ends or the key expires (see redirect.go).
+//
 // # Errors at start-up
 //
 // Until a first handshake has succeeded, mistakes that retrying cannot heal
@@ -138,6 +146,18 @@ type Config struct {
 	Health *Health
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger
+	// Redirect, if not nil, sends successful responses out of band: the
+	// hub gets "303 See Other" to a one-time URL on a listener of the
+	// worker's, and the consumer that follows it gets the body from
+	// there. The job's slot stays taken until that transfer ends or its
+	// key expires. See [Redirect].
+	Redirect *Redirect
+	// Observer, if not nil, is told of every job and of every attempt to
+	// connect to a hub, for metrics (see [Observer]). With an Observer
+	// the Handler's ResponseWriter and request body are wrappers that
+	// count bytes: reach the server's through http.ResponseController,
+	// as with any middleware.
+	Observer Observer
 }
 
 // HandshakeError is returned by Run when the hub rejects the very first
@@ -177,6 +197,7 @@ type Worker struct {
 	hubs       []*hub
 	offers     *offers
 	tracker    *connTracker
+	redirect   *redirector // nil: responses go through the hub
 
 	connected     atomic.Int64 // handshaken connections not yet closed
 	everConnected atomic.Bool  // a handshake has succeeded at least once
@@ -264,6 +285,13 @@ func New(cfg Config) (*Worker, error) {
 		cfg.Logger = slog.Default()
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger, health: cfg.Health, hubs: hubs}
+	if cfg.Redirect != nil {
+		rd, err := newRedirector(*cfg.Redirect, cfg.Logger)
+		if err != nil {
+			return nil, err
+		}
+		w.redirect = rd
+	}
 	w.offers = newOffers(w, cfg.Slots, cfg.Gate != nil)
 	if w.health == nil {
 		if hh, ok := cfg.Handler.(interface{ Health() *Health }); ok {
@@ -297,10 +325,16 @@ func (w *Worker) Connected() int { return int(w.connected.Load()) }
 // Until a first handshake succeeds, a mistake that retrying cannot heal ends
 // Run at once: a rejection with 400, 401, 403 or 404 returns a
 // *HandshakeError, and a TLS setting that does not fit the hub's returns a
-// *SetupError.
+// *SetupError. With Config.Redirect it listens for consumers first, and
+// returns the error if it cannot.
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.ran.CompareAndSwap(false, true) {
 		return errors.New("worker: Run called twice")
+	}
+	if w.redirect != nil {
+		if err := w.redirect.start(); err != nil {
+			return err
+		}
 	}
 	l := newHubListener(w)
 	t := &connTracker{conns: make(map[net.Conn]http.ConnState), health: w.health}
@@ -353,14 +387,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	t.setDraining()
 	l.Close()
 	t.closeIdle()
+	// Jobs whose responses wait for their consumers count as running: the
+	// out-of-band listener serves until they have ended.
 	dctx, cancel := context.WithTimeout(context.Background(), w.cfg.DrainTimeout)
 	err := srv.Shutdown(dctx)
-	cancel()
 	if err != nil {
 		w.log.Warn("drain timeout: closing running jobs",
 			"drain_timeout", w.cfg.DrainTimeout, "busy", t.count(http.StateActive))
 		srv.Close()
 	}
+	if w.redirect != nil {
+		w.redirect.stop(dctx, err != nil)
+	}
+	cancel()
 	<-served
 	slots.Wait()
 	if runErr == nil {

@@ -37,28 +37,43 @@ type options struct {
 	ca, cert, key, serverName             string
 	drainTimeout, resolveInterval         time.Duration
 	logLevel                              slog.Level
+	cpuProfile                            string
 	jobs                                  jobFlags
 	gates                                 gateOptions
+	redirect                              redirectOptions
+	metrics                               string // --metrics ADDR
+	version                               bool
+	given                                 map[string]bool // the flags set on the command line
 }
 
 // errUsage marks errors for which usage has already been reported.
 var errUsage = errors.New("usage")
 
-// parseFlags parses args. It returns flag.ErrHelp for --help.
+// helpError is what parseFlags returns for --help: the usage, for
+// standard output. It wraps flag.ErrHelp.
+type helpError struct{ usage string }
+
+func (e *helpError) Error() string { return flag.ErrHelp.Error() }
+func (e *helpError) Unwrap() error { return flag.ErrHelp }
+
+// parseFlags parses args. For --help it returns a *helpError; the usage
+// after a flag error goes to stderr.
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	var o options
 	fs := flag.NewFlagSet(progName, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	var usage strings.Builder
+	fs.SetOutput(&usage)
 	fs.Func("hub", "`HOST:PORT` of a hub's worker listener (required; may repeat, and a name that resolves to several addresses counts each)", func(s string) error {
 		o.hubs = append(o.hubs, s)
 		return nil
 	})
 	fs.DurationVar(&o.resolveInterval, "resolve-interval", worker.DefaultResolveInterval, "how often hub host names are resolved again")
 	fs.StringVar(&o.pool, "pool", "", "`NAME` of the pool to join (required with --protocol ptth)")
-	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080 (or --exec, or --cgi)")
+	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the HTTP server that runs the jobs, e.g. http://127.0.0.1:8080, or unix:/PATH for one on a unix socket (or --exec, or --cgi)")
 	o.jobs.register(fs)
 	fs.IntVar(&o.slots, "slots", 1, "`N` jobs run at once, across all hubs (it holds N connections to each hub address)")
 	o.gates.addFlags(fs)
+	o.redirect.addFlags(fs)
 	fs.StringVar(&o.token, "token", "", "bearer `TOKEN` for the handshake (default $REVERSE_HTTP_TOKEN)")
 	fs.StringVar(&o.name, "name", "", "worker `NAME` sent to the hub (default the host name)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", worker.DefaultDrainTimeout, "how long running jobs may take to finish on SIGTERM/SIGINT")
@@ -69,6 +84,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.key, "key", "", "PEM `FILE` with the client certificate's private key (needs --cert and --tls)")
 	fs.StringVar(&o.serverName, "server-name", "", "`NAME` to send as SNI and verify the hub's certificate against (default the host of --hub; needs --tls)")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "`LEVEL` of logging: debug, info, warn or error")
+	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on http://`ADDR`/metrics and the jobs running now on /jobs (JSON); bind it to localhost or a private address")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE` (for go tool pprof), until the worker exits")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: %s --hub HOST:PORT --pool NAME --upstream URL [flags]
        %s --hub HOST:PORT --pool NAME --exec 'COMMAND ARGS' [flags]
@@ -93,7 +111,16 @@ Flags:
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, &helpError{usage.String()}
+		}
+		io.WriteString(stderr, usage.String())
 		return nil, err
+	}
+	o.given = make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { o.given[f.Name] = true })
+	if o.version {
+		return &o, nil
 	}
 	fail := func(format string, a ...any) (*options, error) {
 		fmt.Fprintf(stderr, "%s: %s\n", progName, fmt.Sprintf(format, a...))
@@ -135,10 +162,29 @@ Flags:
 	if msg := o.gates.check(); msg != "" {
 		return fail("%s", msg)
 	}
-	if u, err := url.Parse(o.upstream); o.upstream != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
-		return fail("--upstream %q: want an http:// or https:// URL", o.upstream)
+	if msg := o.redirect.check(); msg != "" {
+		return fail("%s", msg)
+	}
+	if _, _, err := net.SplitHostPort(o.metrics); o.metrics != "" && err != nil {
+		return fail("--metrics %q: want HOST:PORT (e.g. 127.0.0.1:9464)", o.metrics)
+	}
+	if o.upstream != "" && !validUpstream(o.upstream) {
+		return fail("--upstream %q: want an http:// or https:// URL, or unix:/PATH", o.upstream)
 	}
 	return &o, nil
+}
+
+// validUpstream reports whether s is an http or https URL with a host, or
+// unix: with a socket path.
+func validUpstream(s string) bool {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return false
+	case u.Scheme == "unix":
+		return u.Host == "" && (u.Path != "" || u.Opaque != "")
+	}
+	return (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
 // tlsConfig builds the client TLS configuration from the options.
@@ -170,27 +216,52 @@ func (o *options) tlsConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// run is main without os.Exit; it returns the exit code.
+// run is runWith on the process's standard output, where only --help and
+// --version write.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
+	return runWith(ctx, args, os.Stdout, stderr)
+}
+
+// runWith is main without os.Exit; it returns the exit code.
+func runWith(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	if he := (*helpError)(nil); errors.As(err, &he) {
+		io.WriteString(stdout, he.usage)
 		return 0
 	}
 	if err != nil {
 		return 2
+	}
+	if o.version {
+		fmt.Fprintln(stdout, version())
+		return 0
 	}
 	tlsCfg, err := o.tlsConfig()
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: TLS: %v\n", progName, err)
 		return 2
 	}
+	stopProfile, err := startCPUProfile(o.cpuProfile)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		return 2
+	}
+	defer stopProfile()
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	for _, wn := range o.warnings() {
+		logger.Warn("flag has no effect", "flag", wn.flag, "why", wn.why)
+	}
 	jobs, err := o.runner(logger)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
 		return 2
 	}
 	gate, err := o.gates.gate()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+		return 2
+	}
+	redirect, err := o.redirect.config()
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
 		return 2
@@ -209,11 +280,26 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		DrainTimeout:    o.drainTimeout,
 		Handler:         jobs.handler,
 		Logger:          logger,
+		Redirect:        redirect,
+	}
+	var obs *observer
+	if o.metrics != "" {
+		obs = newObserver(o.hubs)
+		cfg.Observer = obs
 	}
 	w, err := worker.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
 		return 2
+	}
+	if obs != nil {
+		obs.w, obs.health = w, jobs.health
+		ms, err := serveMetrics(o.metrics, obs, logger)
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", progName, err)
+			return 2
+		}
+		defer ms.stop()
 	}
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)

@@ -28,8 +28,8 @@ func TestFlags(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"--help"}, 0, "Usage:"},
 		{[]string{"--nope"}, 2, "flag provided but not defined"},
+		{append(base, "--metrics", "9464"), 2, "--metrics \"9464\": want HOST:PORT"},
 		{[]string{"--pool", "p", "--upstream", "http://x"}, 2, "--hub is required"},
 		{[]string{"--hub", "h:1", "--upstream", "http://x"}, 2, "--pool is required"},
 		{[]string{"--hub", "h", "--pool", "p", "--upstream", "http://x"}, 2, "want HOST:PORT"},
@@ -412,5 +412,75 @@ func waitLog(t *testing.T, out *syncBuffer, want string) {
 			t.Fatalf("log lacks %q:\n%s", want, out.String())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestValidUpstream(t *testing.T) {
+	for s, want := range map[string]bool{
+		"http://127.0.0.1:8080":     true,
+		"https://app.internal/base": true,
+		"unix:/run/app.sock":        true,
+		"unix:app.sock":             true,
+		"unix:":                     false,
+		"unix://host/run/app.sock":  false,
+		"ftp://127.0.0.1":           false,
+		"http://":                   false,
+		"x:y":                       false,
+		"127.0.0.1:8080":            false,
+	} {
+		if got := validUpstream(s); got != want {
+			t.Errorf("validUpstream(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+// --upstream unix:/PATH forwards to a real app on a unix socket, and
+// --cpuprofile leaves a profile when the worker exits.
+func TestForwardUnixSocketAndProfile(t *testing.T) {
+	dir := t.TempDir()
+	sock, profile := filepath.Join(dir, "app.sock"), filepath.Join(dir, "cpu.pprof")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "unix app %s %s", r.Host, r.URL.Path)
+	})}
+	go up.Serve(ln)
+	defer up.Close()
+	addr, conns := fakeHub(t, 101, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--hub", addr, "--pool", "p", "--upstream", "unix:" + sock, "--cpuprofile", profile}, &out)
+	}()
+	c := next(t, conns)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	for i := range 2 {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://app.example/%d", i), nil)
+		req.Write(c)
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if want := fmt.Sprintf("unix app app.example /%d", i); string(body) != want {
+			t.Errorf("body %q, want %q", body, want)
+		}
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit %d, want 0:\n%s", code, out.String())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+	if st, err := os.Stat(profile); err != nil || st.Size() == 0 {
+		t.Errorf("no CPU profile: %v", err)
 	}
 }
