@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -122,10 +123,28 @@ func NewForwarder(upstream *url.URL, logger *slog.Logger) *Forwarder {
 		},
 		Transport:     transport,
 		FlushInterval: -1,
+		BufferPool:    copyBuffers{},
 		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		ErrorHandler:  f.fail,
 	}
 	return f
+}
+
+// copyBuffers lends the reverse proxy the buffers it copies response
+// bodies through, which it would otherwise allocate (and the collector
+// clear) for every job.
+type copyBuffers struct{}
+
+const copyBufferSize = 32 << 10
+
+var copyBufferPool = sync.Pool{New: func() any { return new([copyBufferSize]byte) }}
+
+func (copyBuffers) Get() []byte { return copyBufferPool.Get().(*[copyBufferSize]byte)[:] }
+
+func (copyBuffers) Put(b []byte) {
+	if cap(b) == copyBufferSize {
+		copyBufferPool.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
+	}
 }
 
 // Health is the state of the upstream.
