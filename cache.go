@@ -140,18 +140,7 @@ func newResultCache(ctx caddy.Context, c *CacheConfig, pool *Pool, logger *zap.L
 	if rc.maxEntry < 0 || rc.maxTotal < 0 {
 		return nil, errors.New("cache: sizes must be positive")
 	}
-	rc.inKey = map[string]bool{}
-	for _, k := range rc.key {
-		for rest := k; ; {
-			_, after, ok := strings.Cut(rest, "{http.request.header.")
-			if !ok {
-				break
-			}
-			name, tail, _ := strings.Cut(after, "}")
-			rc.inKey[http.CanonicalHeaderKey(name)] = true
-			rest = tail
-		}
-	}
+	rc.inKey = keyHeaders(rc.key)
 	scanCtx, stop := context.WithCancel(context.Background())
 	rc.stop = stop
 	go rc.scanLoop(scanCtx)
@@ -159,11 +148,12 @@ func newResultCache(ctx caddy.Context, c *CacheConfig, pool *Pool, logger *zap.L
 }
 
 // applies reports whether r may be answered from the cache and its
-// response stored. A request with credentials may not, as a shared
-// cache must not give one consumer's answer to another.
+// response stored. A request with credentials (Authorization, Cookie) that
+// the key does not include may not, as a shared cache must not give one
+// consumer's answer to another.
 func (rc *resultCache) applies(r *http.Request) bool {
 	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && !hasContent(r) &&
-		r.Header.Get("Authorization") == "" && r.Header.Get("Upgrade") == ""
+		r.Header.Get("Upgrade") == "" && !privateRequest(r, rc.inKey)
 }
 
 // storageKey is where the result for r is kept.

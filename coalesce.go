@@ -49,6 +49,7 @@ var defaultShareKey = []string{"{http.request.host}", "{http.request.uri}"}
 // coalescer holds the shared jobs (flights) of one handler.
 type coalescer struct {
 	key     []string
+	inKey   map[string]bool // request headers the key includes
 	methods map[string]bool
 	limit   int64
 	pool    *Pool
@@ -63,6 +64,7 @@ func newCoalescer(c *CoalesceConfig, pool *Pool, logger *zap.Logger) (*coalescer
 	if len(g.key) == 0 {
 		g.key = defaultShareKey
 	}
+	g.inKey = keyHeaders(g.key)
 	if g.limit == 0 {
 		g.limit = defaultCoalesceBuffer
 	}
@@ -83,10 +85,18 @@ func newCoalescer(c *CoalesceConfig, pool *Pool, logger *zap.Logger) (*coalescer
 	return g, nil
 }
 
-// applies reports whether r may share a job.
+// applies reports whether r may share a job: not if it carries
+// credentials (Authorization, Cookie) that the key does not include, as
+// one consumer's answer must not go to another.
 func (g *coalescer) applies(r *http.Request) bool {
-	return g.methods[r.Method] && !hasContent(r) && r.Header.Get("Upgrade") == ""
+	return g.methods[r.Method] && !hasContent(r) && r.Header.Get("Upgrade") == "" && !privateRequest(r, g.inKey)
 }
+
+// errNotShared is what relay returns to a consumer that joined a flight
+// whose response turned out to be for its first consumer alone (see
+// shareableHead), before anything was written to it: it runs a job of its
+// own.
+var errNotShared = errors.New("the shared job's response is not for sharing")
 
 // requestKey is the method and the values of the key's placeholders.
 func requestKey(r *http.Request, placeholders []string) string {
@@ -122,8 +132,13 @@ func (g *coalescer) serve(w http.ResponseWriter, r *http.Request, run func(http.
 	} else {
 		g.mu.Unlock()
 		g.pool.obs.shared.coalesced.Add(1)
+		if err := f.relay(s, w, r, false); err != errNotShared {
+			return err
+		}
+		g.pool.obs.shared.coalesced.Add(^uint64(0)) // it was not shared after all
+		return run(w, r)
 	}
-	return f.relay(s, w, r)
+	return f.relay(s, w, r, true)
 }
 
 // start makes the flight for key, whose job runs r detached from r's
@@ -393,8 +408,10 @@ func (f *flight) appendChunk(p []byte) error {
 	return nil
 }
 
-// relay answers one consumer from the flight.
-func (f *flight) relay(s *subscriber, w http.ResponseWriter, r *http.Request) error {
+// relay answers one consumer from the flight; first says whether it
+// started the flight. A consumer that joined it gets errNotShared, with
+// nothing written, if the response is not one to share.
+func (f *flight) relay(s *subscriber, w http.ResponseWriter, r *http.Request, first bool) error {
 	defer f.leave(s)
 	stop := context.AfterFunc(r.Context(), func() {
 		f.mu.Lock()
@@ -409,6 +426,13 @@ func (f *flight) relay(s *subscriber, w http.ResponseWriter, r *http.Request) er
 		f.data.Wait()
 	}
 	status, head, done, err := f.status, f.head, f.done, f.err
+	if status != 0 && !first && !shareableHead(head) {
+		// No one else joins a flight whose answer is its first
+		// consumer's alone.
+		f.closed = true
+		f.mu.Unlock()
+		return errNotShared
+	}
 	f.mu.Unlock()
 	if s.gone {
 		return r.Context().Err()

@@ -403,10 +403,10 @@ func TestFlightWindowBound(t *testing.T) {
 	defer close(slow.blocked)
 	fastDone := make(chan error, 1)
 	slowDone := make(chan any, 1)
-	go func() { fastDone <- f.relay(fastSub, fast, r) }()
+	go func() { fastDone <- f.relay(fastSub, fast, r, true) }()
 	go func() {
 		defer func() { slowDone <- recover() }()
-		f.relay(slowSub, slow, r)
+		f.relay(slowSub, slow, r, false)
 	}()
 
 	body := testBody(1 << 20)

@@ -3,6 +3,7 @@ package reversehttp
 import (
 	"math"
 	"net/http"
+	"strings"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
@@ -115,3 +116,52 @@ func parseKey(d *caddyfile.Dispenser) ([]string, error) {
 
 // Interface guards
 var _ caddy.CleanerUpper = (*Handler)(nil)
+
+// keyHeaders returns the request headers that key's placeholders name
+// ({http.request.header.NAME}).
+func keyHeaders(key []string) map[string]bool {
+	in := map[string]bool{}
+	for _, k := range key {
+		for rest := k; ; {
+			_, after, ok := strings.Cut(rest, "{http.request.header.")
+			if !ok {
+				break
+			}
+			name, tail, _ := strings.Cut(after, "}")
+			in[http.CanonicalHeaderKey(name)] = true
+			rest = tail
+		}
+	}
+	return in
+}
+
+// privateRequest reports whether r carries credentials (Authorization or
+// Cookie) that a key made of the headers inKey does not include: its answer
+// may be for its consumer alone, and is neither shared nor cached.
+func privateRequest(r *http.Request, inKey map[string]bool) bool {
+	for _, name := range []string{"Authorization", "Cookie"} {
+		if r.Header.Get(name) != "" && !inKey[name] {
+			return true
+		}
+	}
+	return false
+}
+
+// shareableHead reports whether a response with header h may be given to
+// consumers other than the one it was made for: not if it sets a cookie or
+// says it is private or not to be stored (as a worker's out-of-band 303,
+// whose key works once, does).
+func shareableHead(h http.Header) bool {
+	if len(h.Values("Set-Cookie")) > 0 {
+		return false
+	}
+	for _, v := range h.Values("Cache-Control") {
+		for _, d := range strings.Split(v, ",") {
+			d, _, _ = strings.Cut(strings.TrimSpace(d), "=")
+			if strings.EqualFold(d, "private") || strings.EqualFold(d, "no-store") {
+				return false
+			}
+		}
+	}
+	return true
+}
