@@ -257,10 +257,12 @@ func (f *Forwarder) serveDirect(w http.ResponseWriter, r *http.Request) {
 	}
 	Accept(r)
 	resp, stop, err := f.exchange(w, uc, r)
-	if err != nil && uc.reused && uc.src.n == 0 && ctx.Err() == nil {
+	if err != nil && uc.reused && uc.src.n == 0 && ctx.Err() == nil && idempotent(r) {
 		// The upstream closed a pooled connection as the request went out,
-		// before it answered anything: as http.Transport does for a
-		// request without a body, try once on a new connection.
+		// before it answered anything: as http.Transport does for an
+		// idempotent request without a body, try once on a new
+		// connection. Any other may have been acted on, and must not run
+		// twice.
 		uc.conn.Close()
 		if uc, err = f.pool.dial(ctx); err != nil {
 			f.failDirect(w, r, err, true)
@@ -471,4 +473,18 @@ func httpHeaderHasToken(values []string, tok string) bool {
 		}
 	}
 	return false
+}
+
+// idempotent reports whether r may be sent again after a connection broke
+// before any answer, by the rule of Go's http.Transport: a method that
+// RFC 9110 makes idempotent and safe to retry, or a request that carries an
+// Idempotency-Key.
+func idempotent(r *http.Request) bool {
+	switch r.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := r.Header["Idempotency-Key"]
+	_, xkey := r.Header["X-Idempotency-Key"]
+	return key || xkey
 }
