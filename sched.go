@@ -472,8 +472,20 @@ func (p *Pool) retryAfter(t *ticket, err error) int {
 	if ok {
 		now := time.Now()
 		at := now.Add(est)
-		if next := p.promised.Add(p.service.get() / time.Duration(len(p.conns))); next.After(at) {
+		share := p.service.get() / time.Duration(len(p.conns))
+		if next := p.promised.Add(share); next.After(at) {
 			at = next
+		}
+		// The spread covers at most a full queue of consumers coming back
+		// (more than that could not wait anyway) and never goes beyond
+		// what Retry-After may say: refusals that are not obeyed must not
+		// push the promise ever further ahead of the estimate.
+		spread := maxRetryAfter * time.Second
+		if q := p.limits.maxQueue; q > 0 {
+			spread = min(spread, time.Duration(q)*share)
+		}
+		if limit := now.Add(min(est+spread, maxRetryAfter*time.Second)); at.After(limit) {
+			at = limit
 		}
 		p.promised = at
 		est = at.Sub(now)

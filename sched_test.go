@@ -338,3 +338,33 @@ func TestPoolFullQueueMakesRoomForHigherClass(t *testing.T) {
 	default:
 	}
 }
+
+// TestRetryAfterSpreadBounded: refusals one after the other are told times
+// a job's share of a slot apart, but a flood of them (consumers that do
+// not obey come back and are counted again) must not push the promise
+// beyond a full queue's worth of spread, nor beyond what Retry-After may
+// say (it ran 2h46m ahead after 100,000 refusals, so that every later 503
+// said 300 s for a wait of 0.1 s).
+func TestRetryAfterSpreadBounded(t *testing.T) {
+	for _, tc := range []struct {
+		maxQueue int
+		want     int // the most Retry-After may say after the flood
+	}{
+		{10, 2},  // 0.1 s of wait, 10 × 0.1 s of spread
+		{0, 300}, // no queue limit: Retry-After's own bound
+		{1000, 101},
+	} {
+		p := &Pool{conns: map[*workerConn]struct{}{{}: {}}}
+		p.limits.maxQueue = tc.maxQueue
+		p.service.add(100 * time.Millisecond)
+		for range 100000 {
+			p.retryAfter(nil, errQueueFull)
+		}
+		ahead := time.Until(p.promised)
+		got := p.retryAfter(nil, errQueueFull)
+		t.Logf("max_queue %d: promise %v ahead, Retry-After %d", tc.maxQueue, ahead.Round(time.Millisecond), got)
+		if got > tc.want || ahead > maxRetryAfter*time.Second {
+			t.Errorf("max_queue %d: Retry-After %d (want at most %d), promise %v ahead", tc.maxQueue, got, tc.want, ahead)
+		}
+	}
+}
