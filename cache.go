@@ -462,11 +462,15 @@ func (rc *resultCache) scan(ctx context.Context) {
 		found = append(found, &cacheIndexEntry{key: k, size: info.Size, at: info.Modified})
 	}
 	slices.SortFunc(found, func(a, b *cacheIndexEntry) int { return a.at.Compare(b.at) })
+	seen := make(map[string]struct{}, len(found))
+	for _, f := range found {
+		seen[f.key] = struct{}{}
+	}
 	rc.mu.Lock()
 	// What this hub stored while the scan ran stays, as the newest.
 	var newer []*cacheIndexEntry
 	for el := rc.order.Front(); el != nil; el = el.Next() {
-		if e := el.Value.(*cacheIndexEntry); !slices.ContainsFunc(found, func(f *cacheIndexEntry) bool { return f.key == e.key }) {
+		if e := el.Value.(*cacheIndexEntry); !contains(seen, e.key) {
 			newer = append(newer, e)
 		}
 	}
@@ -482,6 +486,11 @@ func (rc *resultCache) scan(ctx context.Context) {
 	for _, k := range evict {
 		rc.deleteWith(ctx, k)
 	}
+}
+
+func contains(set map[string]struct{}, k string) bool {
+	_, ok := set[k]
+	return ok
 }
 
 func (rc *resultCache) count(result int) { rc.pool.obs.shared.cache[result].Add(1) }
