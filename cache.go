@@ -94,6 +94,12 @@ type resultCache struct {
 	logger   *zap.Logger
 	stop     context.CancelFunc
 
+	// The most bytes of entries that the pool's hits may hold at once
+	// (cacheHitBudget; the pool counts them, across reloads): a hit holds
+	// its whole entry until its consumer has read it, and slow consumers
+	// of large entries must not hold memory without bound.
+	hitBudget int64
+
 	// The entries the cache knows of, oldest first, and their total size.
 	// They are this hub's stores since its last scan of the storage and
 	// what that scan found.
@@ -124,7 +130,8 @@ func newResultCache(ctx caddy.Context, c *CacheConfig, pool *Pool, logger *zap.L
 		}
 	}
 	rc := &resultCache{
-		ttl: time.Duration(c.TTL), key: c.Key, maxEntry: c.MaxEntrySize, maxTotal: c.MaxTotalSize,
+		hitBudget: cacheHitBudget,
+		ttl:       time.Duration(c.TTL), key: c.Key, maxEntry: c.MaxEntrySize, maxTotal: c.MaxTotalSize,
 		storage: storage, prefix: "reverse_http/cache/" + pool.name + "/", pool: pool, logger: logger,
 		order: linked.New(), index: map[string]*linked.Element{},
 	}
@@ -208,12 +215,34 @@ func decodeEntry(data []byte) (*cacheMeta, []byte, error) {
 func (rc *resultCache) serveHit(w http.ResponseWriter, r *http.Request, key, full string) bool {
 	ctx, cancel := context.WithTimeout(r.Context(), cacheStorageTimeout)
 	defer cancel()
+	// The entry's size, to reserve before it is loaded: an entry larger
+	// than this cache stores (another hub's) is not loaded at all, and a
+	// hit beyond the budget of bytes in flight is answered by a job.
+	info, err := rc.storage.Stat(ctx, key)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			rc.logger.Warn("cache lookup failed", zap.String("key", key), zap.Error(err))
+		}
+		return false
+	}
+	if info.Size > rc.maxEntry || !rc.reserveHit(info.Size) {
+		return false
+	}
+	held := info.Size
+	defer func() { rc.pool.obs.shared.hitBytes.Add(-held) }()
 	data, err := rc.storage.Load(ctx, key)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			rc.logger.Warn("cache lookup failed", zap.String("key", key), zap.Error(err))
 		}
 		return false
+	}
+	if n := int64(len(data)); n > held {
+		// Replaced since the Stat.
+		if n > rc.maxEntry || !rc.reserveHit(n-held) {
+			return false
+		}
+		held = n
 	}
 	m, body, err := decodeEntry(data)
 	now := time.Now()
@@ -486,6 +515,20 @@ func (rc *resultCache) scan(ctx context.Context) {
 	for _, k := range evict {
 		rc.deleteWith(ctx, k)
 	}
+}
+
+// cacheHitBudget is the most bytes of entries that a pool's caches hold at
+// once for the hits they are answering; a hit beyond it is answered by a
+// job.
+var cacheHitBudget int64 = 256 << 20
+
+// reserveHit takes n bytes of the hit budget, if they are there.
+func (rc *resultCache) reserveHit(n int64) bool {
+	if b := &rc.pool.obs.shared.hitBytes; b.Add(n) > rc.hitBudget {
+		b.Add(-n)
+		return false
+	}
+	return true
 }
 
 func contains(set map[string]struct{}, k string) bool {

@@ -1,7 +1,9 @@
 package reversehttp
 
 import (
+	"bufio"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -321,5 +323,51 @@ func TestCacheOwnStorage(t *testing.T) {
 	}
 	if _, err := os.Stat(cacheDir()); err == nil {
 		t.Errorf("the cache wrote to Caddy's storage too")
+	}
+}
+
+// TestCacheHitBytesBounded: a hit holds its whole entry until its
+// consumer has read it; past the budget of bytes held for hits, a request
+// is answered by a job instead, so slow consumers of large entries cannot
+// hold memory without bound.
+func TestCacheHitBytesBounded(t *testing.T) {
+	// Larger than what loopback sockets buffer, so that a consumer that
+	// reads nothing holds its hit.
+	const size = 16 << 20
+	defer func(b int64) { cacheHitBudget = b }(cacheHitBudget)
+	cacheHitBudget = size + size/2 // room for one hit of the entry
+	h := cacheHub(t, "cache 1m {\n\t\t\tmax_entry_size 20MiB\n\t\t}")
+	app := new(countingApp)
+	startWorker(t, h, "jobs", "", 1, app)
+	path := fmt.Sprintf("/big?size=%d", size)
+	if resp, body := getSettled(t, h, path); resp.StatusCode != 200 || len(body) != size {
+		t.Fatalf("first request: %d, %d bytes", resp.StatusCode, len(body))
+	}
+
+	// A consumer that takes the hit's head and reads no more holds it.
+	site := strings.TrimPrefix(h.site, "http://")
+	conn, err := net.Dial("tcp", site)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, site)
+	head, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || !strings.HasPrefix(head.Header.Get("Cache-Status"), "reverse_http; hit") {
+		t.Fatalf("the held hit: %v, Cache-Status %q", err, head.Header.Get("Cache-Status"))
+	}
+	p := livePool(t, "jobs")
+	waitFor(t, "the held hit's bytes", func() bool { return p.obs.shared.hitBytes.Load() >= size })
+
+	// Another request for the entry finds the budget taken: a job.
+	resp, body := getSettled(t, h, path)
+	if resp.StatusCode != 200 || len(body) != size || resp.Header.Get("Cache-Status") != "reverse_http; fwd=miss" || app.jobs.Load() != 2 {
+		t.Errorf("beyond the budget: %d, %d bytes, Cache-Status %q, %d jobs; want a job of its own",
+			resp.StatusCode, len(body), resp.Header.Get("Cache-Status"), app.jobs.Load())
+	}
+	conn.Close()
+	waitFor(t, "the budget given back", func() bool { return p.obs.shared.hitBytes.Load() == 0 })
+	if resp, _ := getSettled(t, h, path); !strings.HasPrefix(resp.Header.Get("Cache-Status"), "reverse_http; hit") {
+		t.Errorf("after the held hit: Cache-Status %q, want a hit", resp.Header.Get("Cache-Status"))
 	}
 }

@@ -29,6 +29,9 @@ type shareObs struct {
 	// is stored after its consumer has the last byte, and tests wait for
 	// it.
 	filled atomic.Uint64
+	// hitBytes are the bytes of cache entries loaded for the hits the
+	// pool's routes are answering now (see cacheHitBudget).
+	hitBytes atomic.Int64
 }
 
 // provisionShare sets up coalescing and caching for the route.
