@@ -54,28 +54,11 @@ func serveMain(args []string) error {
 	defer stop()
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
-	if *listen != "" {
-		ln, err := net.Listen("tcp", *listen)
-		if err != nil {
-			return err
+	for _, l := range []struct{ network, addr string }{{"tcp", *listen}, {"unix", *listenUnix}} {
+		if l.addr == "" {
+			continue
 		}
-		srv := &http.Server{Handler: h}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ln); err != http.ErrServerClosed {
-				errc <- err
-			}
-		}()
-		go func() {
-			<-ctx.Done()
-			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			srv.Shutdown(sctx)
-		}()
-	}
-	if *listenUnix != "" {
-		ln, err := net.Listen("unix", *listenUnix)
+		ln, err := net.Listen(l.network, l.addr)
 		if err != nil {
 			return err
 		}
