@@ -19,20 +19,7 @@ import (
 func cacheHub(t *testing.T, cache string) *hub {
 	t.Helper()
 	os.RemoveAll(cacheDir())
-	return newHub(t, `{
-	reverse_http {
-		pool jobs {
-			listen {workers}
-			queue_timeout 30s
-		}
-	}
-}
-http://:{siteport} {
-	bind 127.0.0.1
-	reverse_http jobs {
-		`+cache+`
-	}
-}`)
+	return shareHub(t, cache)
 }
 
 func cacheDir() string { return filepath.Join(testStorage(), "reverse_http", "cache", "jobs") }

@@ -22,6 +22,13 @@ import (
 // coalesceHub is a hub whose route coalesces, with options in its block.
 func coalesceHub(t *testing.T, options string) *hub {
 	t.Helper()
+	return shareHub(t, "coalesce {\n\t\t\t"+options+"\n\t\t}")
+}
+
+// shareHub is a hub with one open pool (a queue timeout of 30 s) and one
+// route to it, whose handler block holds opts.
+func shareHub(t *testing.T, opts string) *hub {
+	t.Helper()
 	return newHub(t, `{
 	reverse_http {
 		pool jobs {
@@ -33,9 +40,7 @@ func coalesceHub(t *testing.T, options string) *hub {
 http://:{siteport} {
 	bind 127.0.0.1
 	reverse_http jobs {
-		coalesce {
-			`+options+`
-		}
+		`+opts+`
 	}
 }`)
 }
