@@ -62,21 +62,10 @@ func TestRedirectOverTLS(t *testing.T) {
 	ln.Close()
 
 	addr, conns := fakeHub(t, 101, "")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var out syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"--hub", addr, "--pool", "p", "--upstream", up.URL,
-			"--redirect-response", oobAddr, "--public-url", "https://" + oobAddr + "/dl/",
-			"--redirect-cert", certFile, "--redirect-key", keyFile}, &out)
-	}()
-	var c net.Conn
-	select {
-	case c = <-conns:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("no connection; output:\n%s", out.String())
-	}
+	serveHub(t, []string{"--hub", addr, "--pool", "p", "--upstream", up.URL,
+		"--redirect-response", oobAddr, "--public-url", "https://" + oobAddr + "/dl/",
+		"--redirect-cert", certFile, "--redirect-key", keyFile})
+	c := next(t, conns)
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	req, _ := http.NewRequest("GET", "http://app.example/file", nil)
 	req.Write(c)
@@ -100,14 +89,5 @@ func TestRedirectOverTLS(t *testing.T) {
 		if r.StatusCode != want || (want == 200 && string(body) != "upstream /file") {
 			t.Errorf("fetch %d: %d %q, want %d", i+1, r.StatusCode, body, want)
 		}
-	}
-	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Errorf("exit %d, want 0; output:\n%s", code, out.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("run did not return after cancel")
 	}
 }
