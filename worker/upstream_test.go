@@ -311,6 +311,7 @@ func TestForwarderDirectLimits(t *testing.T) {
 // once.
 func TestForwarderDirectStaleConnection(t *testing.T) {
 	var requests atomic.Int32
+	idleClosed := make(chan struct{})
 	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
 		for {
 			req, err := http.ReadRequest(br)
@@ -326,8 +327,8 @@ func TestForwarderDirectStaleConnection(t *testing.T) {
 			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 			if req.URL.Path == "/idle-close" {
 				// Close after the response, as an idle timeout would.
-				time.Sleep(50 * time.Millisecond)
 				c.Close()
+				close(idleClosed)
 				return
 			}
 		}
@@ -337,7 +338,7 @@ func TestForwarderDirectStaleConnection(t *testing.T) {
 		t.Fatalf("first: %d %q", resp.StatusCode, body)
 	}
 	s.expectFrame(t, FrameReady)
-	time.Sleep(200 * time.Millisecond)
+	<-idleClosed
 	if resp, body := s.send(t, get("/x")); resp.StatusCode != 200 || body != "ok" {
 		t.Fatalf("after the upstream closed an idle connection: %d %q", resp.StatusCode, body)
 	}
