@@ -368,3 +368,16 @@ func TestRetryAfterSpreadBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestPriorityOfPlaceholder: a priority taken from a placeholder's value is
+// 0 when it is no integer and the nearest bound beyond the bounds.
+func TestPriorityOfPlaceholder(t *testing.T) {
+	for in, want := range map[string]int{
+		"7": 7, " -3 ": -3, "": 0, "high": 0, "1.5": 0,
+		"5000": maxPriority, "-5000": minPriority,
+	} {
+		if got := priorityOf(in); got != want {
+			t.Errorf("priorityOf(%q) = %d, want %d", in, got, want)
+		}
+	}
+}
