@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -171,50 +170,29 @@ func (w *Worker) declineFull(rw http.ResponseWriter, r *http.Request) {
 // declines, and logs a Decline of a job that was accepted already: the hub
 // cannot give it to another worker any more and answers 502.
 func declined(w http.ResponseWriter) {
-	for w != nil {
-		if v, ok := jobs.Load(w); ok {
-			j := v.(*job)
-			j.free()
-			if !j.accepted.Load() {
-				j.declined = true
-				return
-			}
-			j.failed = true
-			hint := "call Decline before Accept"
-			if j.auto {
-				hint = "wrap the Handler in worker.AcceptLater to decline jobs"
-			}
-			j.worker.log.Warn("Decline after the job was accepted: the hub answers 502", "hint", hint)
-			return
-		}
-		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
-		if !ok {
-			return
-		}
-		w = u.Unwrap()
+	j := findJob(w)
+	if j == nil {
+		return
 	}
+	j.free()
+	if !j.accepted.Load() {
+		j.declined = true
+		return
+	}
+	j.failed = true
+	hint := "call Decline before Accept"
+	if j.auto {
+		hint = "wrap the Handler in worker.AcceptLater to decline jobs"
+	}
+	j.worker.log.Warn("Decline after the job was accepted: the hub answers 502", "hint", hint)
 }
 
 // expectsContinue reports whether r carries "Expect: 100-continue".
 func expectsContinue(r *http.Request) bool {
-	for _, v := range r.Header.Values("Expect") {
-		for tok := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(tok), "100-continue") {
-				return true
-			}
-		}
-	}
-	return false
+	return httpHeaderHasToken(r.Header["Expect"], "100-continue")
 }
 
 // hasFeature reports whether a FeaturesHeader list names feature.
 func hasFeature(h http.Header, feature string) bool {
-	for _, v := range h.Values(FeaturesHeader) {
-		for tok := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(tok), feature) {
-				return true
-			}
-		}
-	}
-	return false
+	return httpHeaderHasToken(h.Values(FeaturesHeader), feature)
 }

@@ -347,9 +347,6 @@ func relayInformational(w http.ResponseWriter, resp *http.Response) {
 	}
 }
 
-// relayBufs are the buffers bodies are copied through.
-var relayBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
 // relay writes the response to w and copies its body, flushing whenever
 // the upstream has sent nothing more yet. It reports whether the body was
 // read to its end and written.
@@ -372,9 +369,8 @@ func (f *Forwarder) relay(w http.ResponseWriter, uc *upstreamConn, resp *http.Re
 	}
 	w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(w)
-	bp := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(bp)
-	buf := *bp
+	buf := copyBuffers{}.Get()
+	defer copyBuffers{}.Put(buf)
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
