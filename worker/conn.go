@@ -259,13 +259,16 @@ func (c *hubConn) flush() {
 	var err error
 	switch {
 	case c.idle && len(c.held) > 0:
-		// Without a deadline, as the server wrote the rest of the
-		// response.
+		// The response's end, with the frame if one is due. With the
+		// frames' deadline: this write holds wmu, which Close takes, and
+		// a hub that cannot take a few KiB in that time is not reading.
 		b := c.held
 		if frame {
 			b = append(b, f)
 		}
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(frameWriteTimeout))
 		_, err = c.Conn.Write(b)
+		_ = c.Conn.SetWriteDeadline(time.Time{})
 		c.held = c.held[:0]
 		if cap(c.held) > maxHeldKept {
 			c.held = nil
