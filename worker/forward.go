@@ -185,18 +185,25 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // is declined, any other gets 502. A failure to reach the upstream marks
 // it down.
 func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+	fw, _ := r.Context().Value(forwardKey{}).(*forwarding)
+	f.failJob(w, r, err, errors.Is(err, context.Canceled), fw == nil || fw.connected.Load())
+}
+
+// failJob answers a job whose upstream exchange failed with err, for both
+// paths: one the hub cancelled (cancel: err may be the cancellation's) is
+// counted so; one that never reached the upstream (!connected) marks it
+// down and, not yet accepted, is declined; any other gets 502.
+func (f *Forwarder) failJob(w http.ResponseWriter, r *http.Request, err error, cancel, connected bool) {
+	if cancel && r.Context().Err() != nil {
 		f.log.Debug("job cancelled by the hub", "method", r.Method, "uri", r.RequestURI)
 		jobCancelled(w)
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
-	fw, _ := r.Context().Value(forwardKey{}).(*forwarding)
-	before := fw != nil && !fw.connected.Load()
-	if before || isDialError(err) {
+	if !connected || isDialError(err) {
 		f.health.Fail(err)
 	}
-	if before && !accepted(r) {
+	if !connected && !accepted(r) {
 		f.log.Debug("upstream unreachable: declining the job", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
 		Decline(w)
 		return

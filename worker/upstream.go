@@ -252,7 +252,7 @@ func (f *Forwarder) serveDirect(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	uc, err := f.pool.get(ctx)
 	if err != nil {
-		f.failDirect(w, r, err, false)
+		f.failJob(w, r, err, true, false)
 		return
 	}
 	Accept(r)
@@ -265,14 +265,14 @@ func (f *Forwarder) serveDirect(w http.ResponseWriter, r *http.Request) {
 		// twice.
 		uc.conn.Close()
 		if uc, err = f.pool.dial(ctx); err != nil {
-			f.failDirect(w, r, err, true)
+			f.failJob(w, r, err, true, true)
 			return
 		}
 		resp, stop, err = f.exchange(w, uc, r)
 	}
 	if err != nil {
 		uc.conn.Close()
-		f.failDirect(w, r, err, true)
+		f.failJob(w, r, err, true, true)
 		return
 	}
 	complete := f.relay(w, uc, resp)
@@ -405,29 +405,6 @@ func (f *Forwarder) relay(w http.ResponseWriter, uc *upstreamConn, resp *http.Re
 		}
 	}
 	return true
-}
-
-// failDirect answers a job whose direct exchange failed, as fail does for
-// the reverse proxy: a job not yet connected upstream is declined (and
-// the upstream marked down), any other gets 502.
-func (f *Forwarder) failDirect(w http.ResponseWriter, r *http.Request, err error, connected bool) {
-	if r.Context().Err() != nil {
-		f.log.Debug("job cancelled by the hub", "method", r.Method, "uri", r.RequestURI)
-		jobCancelled(w)
-		w.WriteHeader(http.StatusBadGateway)
-		return
-	}
-	if !connected || isDialError(err) {
-		f.health.Fail(err)
-	}
-	if !connected && !accepted(r) {
-		f.log.Debug("upstream unreachable: declining the job", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
-		Decline(w)
-		return
-	}
-	f.log.Warn("upstream request failed", "upstream", f.upstream.String(), "method", r.Method, "uri", r.RequestURI, "err", err)
-	jobFailed(w)
-	w.WriteHeader(http.StatusBadGateway)
 }
 
 // joinURLPath joins the upstream URL's path and the job's, as
