@@ -93,9 +93,6 @@ func (q *waitQueue) queued(w *waiter) bool { return w.node.in }
 func (q *waitQueue) remove(w *waiter) {
 	if q.sched != nil {
 		q.sched.remove(w)
-		if q.sched.n == 0 {
-			q.sched = nil
-		}
 	} else {
 		q.fifo.remove(&w.node)
 	}
@@ -115,17 +112,19 @@ func (q *waitQueue) pushOut(t *ticket) *waiter {
 	if w != nil {
 		q.uncount(w)
 	}
-	if q.sched.n == 0 {
-		q.sched = nil
-	}
 	return w
 }
 
+// uncount takes w, just taken out, off the queue's books; a scheduler
+// left with nothing waiting gives the queue back to the plain list.
 func (q *waitQueue) uncount(w *waiter) {
 	if w.tk != nil && w.tk.cost > 0 {
 		q.cost -= w.tk.cost
 	} else {
 		q.unknown--
+	}
+	if q.sched != nil && q.sched.n == 0 {
+		q.sched = nil
 	}
 }
 
@@ -135,9 +134,6 @@ func (q *waitQueue) pop(aging time.Duration) (*waiter, bool) {
 	var w *waiter
 	if q.sched != nil {
 		w = q.sched.pop(time.Now(), aging)
-		if q.sched.n == 0 {
-			q.sched = nil
-		}
 	} else if e, ok := q.fifo.popFront(); ok {
 		w = e
 	}
