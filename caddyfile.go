@@ -3,7 +3,6 @@ package reversehttp
 import (
 	"encoding/json"
 	"fmt"
-	"math"
 	"strconv"
 
 	"github.com/reversehttp/reverse_http/worker"
@@ -14,7 +13,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
-	"github.com/dustin/go-humanize"
 )
 
 func init() {
@@ -150,15 +148,11 @@ func (pc *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				pc.MaxHandshakes = n
 			}
 		case "max_response_header":
-			var s string
-			if !d.AllArgs(&s) {
-				return d.ArgErr()
+			size, err := parseSize(d)
+			if err != nil {
+				return err
 			}
-			size, err := humanize.ParseBytes(s)
-			if err != nil || size < 1 || size > math.MaxInt64 {
-				return d.Errf("max_response_header must be a positive size such as 10MB, not %q", s)
-			}
-			pc.MaxResponseHeader = int64(size)
+			pc.MaxResponseHeader = size
 		case "queue_timeout", "handshake_timeout", "response_timeout", "priority_aging":
 			dur, err := parseDuration(d)
 			if err != nil {
