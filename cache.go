@@ -259,8 +259,12 @@ func (rc *resultCache) serveHit(w http.ResponseWriter, r *http.Request, key, ful
 		rc.deleteWith(ctx, key)
 		return false
 	}
-	copyHeader(w.Header(), m.Header)
-	w.Header().Set("Age", strconv.Itoa(int(now.Sub(m.Stored).Seconds())))
+	// m is this hit's own: its values need no copy.
+	h := w.Header()
+	for k, vs := range m.Header {
+		h[k] = vs
+	}
+	h.Set("Age", strconv.Itoa(int(now.Sub(m.Stored).Seconds())))
 	w.Header().Set("Cache-Status", fmt.Sprintf("reverse_http; hit; ttl=%d", int(m.Expires.Sub(now).Seconds())))
 	if r.Method != http.MethodHead {
 		// A HEAD entry keeps the length its worker announced.
