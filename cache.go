@@ -270,6 +270,9 @@ func (rc *resultCache) serveHit(w http.ResponseWriter, r *http.Request, key, ful
 		// A HEAD entry keeps the length its worker announced.
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	}
+	// Counted before the consumer can have the last byte, so that a
+	// count read after a response includes it.
+	rc.count(cacheHit)
 	w.WriteHeader(m.Status)
 	if r.Method != http.MethodHead {
 		w.Write(body)

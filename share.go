@@ -78,7 +78,6 @@ func (s *share) serve(w http.ResponseWriter, r *http.Request) error {
 		} else {
 			key, full := rc.storageKey(r)
 			if rc.serveHit(w, r, key, full) {
-				rc.count(cacheHit)
 				return nil
 			}
 			rc.count(cacheMiss)
