@@ -91,7 +91,12 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // get returns an idle connection that is still open, or dials a new one.
-func (p *upstreamPool) get(ctx context.Context) (*upstreamConn, error) {
+// look says to make sure, with a system call, that the upstream has not
+// closed the connection while it was idle: a job that may not be sent
+// twice needs it; an idempotent one goes out again on a new connection if
+// the upstream turns out to have closed it (serveDirect), as http.Transport
+// does, which is cheaper than a look before every job.
+func (p *upstreamPool) get(ctx context.Context, look bool) (*upstreamConn, error) {
 	for {
 		p.mu.Lock()
 		n := len(p.idle)
@@ -104,9 +109,8 @@ func (p *upstreamPool) get(ctx context.Context) (*upstreamConn, error) {
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
 		// A connection the upstream closed (or wrote to out of turn)
-		// while it was idle would fail the job; the look costs one
-		// system call.
-		if time.Since(uc.idleSince) < upstreamIdleTimeout && uc.br.Buffered() == 0 && !peerSent(uc.raw) {
+		// while it was idle would fail the job.
+		if time.Since(uc.idleSince) < upstreamIdleTimeout && uc.br.Buffered() == 0 && (!look || !peerSent(uc.raw)) {
 			return uc, nil
 		}
 		uc.conn.Close()
@@ -250,7 +254,7 @@ func (f *Forwarder) writeHead(bw *bufio.Writer, r *http.Request) error {
 // serveDirect forwards the job r by the direct exchange.
 func (f *Forwarder) serveDirect(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	uc, err := f.pool.get(ctx)
+	uc, err := f.pool.get(ctx, !idempotent(r))
 	if err != nil {
 		f.failJob(w, r, err, true, false)
 		return

@@ -308,7 +308,8 @@ func TestForwarderDirectLimits(t *testing.T) {
 // A pooled connection the upstream closed while idle costs the job
 // nothing, and neither does one it closes just as the request goes out:
 // the request, which has no body, goes out again on a new connection,
-// once.
+// once. A GET finds out that the connection is closed by trying it; a
+// POST, which may not go out twice, by a look before it is sent.
 func TestForwarderDirectStaleConnection(t *testing.T) {
 	var requests atomic.Int32
 	idleClosed := make(chan struct{})
@@ -341,6 +342,19 @@ func TestForwarderDirectStaleConnection(t *testing.T) {
 	<-idleClosed
 	if resp, body := s.send(t, get("/x")); resp.StatusCode != 200 || body != "ok" {
 		t.Fatalf("after the upstream closed an idle connection: %d %q", resp.StatusCode, body)
+	}
+	s.expectFrame(t, FrameReady)
+	idleClosed = make(chan struct{})
+	if resp, body := s.send(t, get("/idle-close")); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("second /idle-close: %d %q", resp.StatusCode, body)
+	}
+	s.expectFrame(t, FrameReady)
+	<-idleClosed
+	post, _ := http.NewRequest(http.MethodPost, "http://job.example/charge", http.NoBody)
+	post.ContentLength = 0
+	post.Header.Set("Content-Length", "0")
+	if resp, body := s.send(t, post); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("a POST after the upstream closed an idle connection: %d %q", resp.StatusCode, body)
 	}
 	s.expectFrame(t, FrameReady)
 	requests.Store(1) // the next /drop is the second request: dropped
