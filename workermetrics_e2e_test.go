@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -197,4 +198,35 @@ func TestE2EWorkerMetrics(t *testing.T) {
 		series("reverse_http_worker_jobs_total", "outcome", "cancelled"): 1,
 		series("reverse_http_worker_jobs_total", "outcome", "no_slot"):   0,
 	})
+}
+
+// TestE2EWorkerGOGC: the worker binary collects garbage at GOGC=400 unless
+// the environment sets GOGC, which wins.
+func TestE2EWorkerGOGC(t *testing.T) {
+	workerBin, _ := e2eBinaries(t)
+	t.Setenv("GOGC", "")
+	os.Unsetenv("GOGC") // t.Setenv puts the old value back at the end
+	for _, tc := range []struct {
+		env  []string
+		want float64
+	}{{nil, 400}, {[]string{"GOGC=150"}, 150}} {
+		maddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		// No hub answers at this address: the worker keeps trying, and
+		// serves its metrics meanwhile.
+		startProc(t, "w-gogc", workerBin, tc.env, "--hub", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--pool", "jobs",
+			"--upstream", "http://127.0.0.1:9", "--metrics", maddr)
+		var m metricSet
+		waitFor(t, "the worker's metrics", func() bool {
+			resp, err := testClient.Get("http://" + maddr + "/metrics")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			m = workerScrape(t, maddr)
+			return true
+		})
+		if got := m.get(t, "go_gc_gogc_percent"); got != tc.want {
+			t.Errorf("env %q: GOGC %v, want %v", tc.env, got, tc.want)
+		}
+	}
 }

@@ -25,6 +25,7 @@ import (
 const progName = "reverse-http-worker"
 
 func main() {
+	tuneGC()
 	os.Exit(run(context.Background(), os.Args[1:], os.Stderr))
 }
 
