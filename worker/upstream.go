@@ -91,12 +91,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // get returns an idle connection that is still open, or dials a new one.
-// look says to make sure, with a system call, that the upstream has not
-// closed the connection while it was idle: a job that may not be sent
-// twice needs it; an idempotent one goes out again on a new connection if
-// the upstream turns out to have closed it (serveDirect), as http.Transport
-// does, which is cheaper than a look before every job.
-func (p *upstreamPool) get(ctx context.Context, look bool) (*upstreamConn, error) {
+func (p *upstreamPool) get(ctx context.Context) (*upstreamConn, error) {
 	for {
 		p.mu.Lock()
 		n := len(p.idle)
@@ -109,8 +104,13 @@ func (p *upstreamPool) get(ctx context.Context, look bool) (*upstreamConn, error
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
 		// A connection the upstream closed (or wrote to out of turn)
-		// while it was idle would fail the job.
-		if time.Since(uc.idleSince) < upstreamIdleTimeout && uc.br.Buffered() == 0 && (!look || !peerSent(uc.raw)) {
+		// while it was idle would fail the job; the look costs one
+		// system call. An idempotent job looks too, though it could go
+		// out again on a new connection: found by looking, before the
+		// job is accepted, an upstream that is down gets the job
+		// declined, for the hub to run elsewhere; found by trying, it
+		// would cost the job (TestE2EWorkerMetrics).
+		if time.Since(uc.idleSince) < upstreamIdleTimeout && uc.br.Buffered() == 0 && !peerSent(uc.raw) {
 			return uc, nil
 		}
 		uc.conn.Close()
@@ -254,7 +254,7 @@ func (f *Forwarder) writeHead(bw *bufio.Writer, r *http.Request) error {
 // serveDirect forwards the job r by the direct exchange.
 func (f *Forwarder) serveDirect(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	uc, err := f.pool.get(ctx, !idempotent(r))
+	uc, err := f.pool.get(ctx)
 	if err != nil {
 		f.failJob(w, r, err, true, false)
 		return
