@@ -197,12 +197,17 @@ func livePool(t testing.TB, name string) *Pool {
 // the pool holds all its connections idle.
 func startWorker(t testing.TB, h *hub, pool, token string, slots int, handler http.Handler) context.CancelFunc {
 	t.Helper()
+	p := livePool(t, pool)
+	// The hub takes a connection into the pool after it has written the
+	// 101, so the worker may count it connected first: wait for the pool
+	// to have taken in this worker's connections, not just to hold as
+	// many as it has slots (another worker's may be there already).
+	joined := p.Stats().Joined
 	w, stop, done := newWorker(t, worker.Config{
 		Hub: h.worker, Pool: pool, Token: token, Slots: slots, Name: "test-worker", Handler: handler,
 	})
-	p := livePool(t, pool)
 	deadline := time.Now().Add(10 * time.Second)
-	for w.Connected() < slots || p.Stats().Idle+p.Stats().Busy < slots {
+	for w.Connected() < slots || p.Stats().Joined-joined < uint64(slots) || p.Stats().Idle+p.Stats().Busy < slots {
 		select {
 		case err := <-done:
 			t.Fatalf("worker ended: %v", err)

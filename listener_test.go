@@ -168,6 +168,8 @@ func TestHandshakeSizeLimit(t *testing.T) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("a head of exactly %d bytes got %d, want 101", maxHandshakeBytes, resp.StatusCode)
 	}
+	// The pool takes the connection in after the hub has written the 101.
+	waitFor(t, "the admitted connection in the pool", func() bool { return len(conns(tl.pools["jobs"])) == 1 })
 	resp, body := tl.exchange(t, padded(maxHandshakeBytes+1))
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || !strings.Contains(body, "exceed") {
 		t.Fatalf("a head of %d bytes got %d %q, want 431 with a reason", maxHandshakeBytes+1, resp.StatusCode, body)

@@ -292,16 +292,24 @@ func TestConnectedLog(t *testing.T) {
 	ln.Close()
 	var out syncLog
 	obs := newRecorder()
-	failed := func() int {
+	count := func(ok bool) int {
 		obs.mu.Lock()
 		defer obs.mu.Unlock()
 		n := 0
 		for _, a := range obs.attempts {
-			if a.Err != nil {
+			if (a.Err == nil) == ok {
 				n++
 			}
 		}
 		return n
+	}
+	failed := func() int { return count(false) }
+	// The worker counts a connection (Connected) before it logs it and
+	// tells the Observer: a test that waited for Connected waits for
+	// these too.
+	succeeded := func(n int) {
+		t.Helper()
+		eventually(t, fmt.Sprintf("%d successful attempts", n), func() bool { return count(true) >= n })
 	}
 	rw := startWorkerAt(t, addr, Config{Slots: 2, Observer: obs, Handler: pathHandler(),
 		Logger: slog.New(slog.NewTextHandler(&out, nil))})
@@ -318,6 +326,7 @@ func TestConnectedLog(t *testing.T) {
 	hub := relisten()
 	s1, s2 := hub.next(t), hub.next(t)
 	eventually(t, "2 connections", func() bool { return rw.Connected() == 2 })
+	succeeded(2)
 	n := failed()
 	obs.mu.Lock()
 	var ok []HubAttempt
@@ -345,6 +354,7 @@ func TestConnectedLog(t *testing.T) {
 	s1.c.Close()
 	hub.next(t)
 	eventually(t, "2 connections", func() bool { return rw.Connected() == 2 })
+	succeeded(3)
 	if got := out.String(); strings.Contains(got, "reconnected") {
 		t.Errorf("a redial that succeeded at once was logged:\n%s", got)
 	}
@@ -363,6 +373,7 @@ func TestConnectedLog(t *testing.T) {
 	hub.next(t)
 	hub.next(t)
 	eventually(t, "2 connections", func() bool { return rw.Connected() == 2 })
+	succeeded(5)
 	got := out.String()
 	if strings.Count(got, `msg="reconnected to hub"`) != 1 || !strings.Contains(got, "down_for=") {
 		t.Errorf("log lacks one reconnect line:\n%s", got)
