@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -200,21 +201,30 @@ func TestE2EWorkerMetrics(t *testing.T) {
 	})
 }
 
-// TestE2EWorkerGOGC: the worker binary collects garbage at GOGC=400 unless
-// the environment sets GOGC, which wins.
-func TestE2EWorkerGOGC(t *testing.T) {
+// TestE2EWorkerRuntime: the worker binary collects garbage at GOGC=400 and
+// runs Go code on a thread per 8 slots (at most as many as Go would use),
+// unless the environment sets GOGC or GOMAXPROCS, which win.
+func TestE2EWorkerRuntime(t *testing.T) {
 	workerBin, _ := e2eBinaries(t)
-	t.Setenv("GOGC", "")
-	os.Unsetenv("GOGC") // t.Setenv puts the old value back at the end
+	for _, name := range []string{"GOGC", "GOMAXPROCS"} {
+		t.Setenv(name, "")
+		os.Unsetenv(name) // t.Setenv puts the old value back at the end
+	}
+	cpus := float64(runtime.GOMAXPROCS(0))
 	for _, tc := range []struct {
-		env  []string
-		want float64
-	}{{nil, 400}, {[]string{"GOGC=150"}, 150}} {
+		env              []string
+		slots            int
+		gogc, gomaxprocs float64
+	}{
+		{nil, 8, 400, 1},
+		{nil, 9, 400, min(cpus, 2)},
+		{[]string{"GOGC=150", "GOMAXPROCS=3"}, 1, 150, 3},
+	} {
 		maddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		// No hub answers at this address: the worker keeps trying, and
 		// serves its metrics meanwhile.
-		startProc(t, "w-gogc", workerBin, tc.env, "--hub", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--pool", "jobs",
-			"--upstream", "http://127.0.0.1:9", "--metrics", maddr)
+		startProc(t, "w-runtime", workerBin, tc.env, "--hub", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--pool", "jobs",
+			"--upstream", "http://127.0.0.1:9", "--slots", fmt.Sprint(tc.slots), "--metrics", maddr)
 		var m metricSet
 		waitFor(t, "the worker's metrics", func() bool {
 			resp, err := testClient.Get("http://" + maddr + "/metrics")
@@ -225,8 +235,11 @@ func TestE2EWorkerGOGC(t *testing.T) {
 			m = workerScrape(t, maddr)
 			return true
 		})
-		if got := m.get(t, "go_gc_gogc_percent"); got != tc.want {
-			t.Errorf("env %q: GOGC %v, want %v", tc.env, got, tc.want)
+		if got := m.get(t, "go_gc_gogc_percent"); got != tc.gogc {
+			t.Errorf("env %q, %d slots: GOGC %v, want %v", tc.env, tc.slots, got, tc.gogc)
+		}
+		if got := m.get(t, "go_sched_gomaxprocs_threads"); got != tc.gomaxprocs {
+			t.Errorf("env %q, %d slots: GOMAXPROCS %v, want %v", tc.env, tc.slots, got, tc.gomaxprocs)
 		}
 	}
 }

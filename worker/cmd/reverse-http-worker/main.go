@@ -25,9 +25,13 @@ import (
 const progName = "reverse-http-worker"
 
 func main() {
-	tuneGC()
+	tune = tuneRuntime
 	os.Exit(run(context.Background(), os.Args[1:], os.Stderr))
 }
+
+// tune adjusts the runtime for the worker's slots once the flags are
+// parsed: tuneRuntime in the binary, nil in the tests.
+var tune func(slots int) tuning
 
 // options are the parsed command line.
 type options struct {
@@ -237,6 +241,11 @@ func runWith(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, version())
 		return 0
 	}
+	var tuned *tuning
+	if tune != nil {
+		t := tune(o.slots)
+		tuned = &t
+	}
 	tlsCfg, err := o.tlsConfig()
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: TLS: %v\n", progName, err)
@@ -305,8 +314,12 @@ func runWith(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	logger.Info("starting", append([]any{"hub", strings.Join(o.hubs, ","), "pool", o.pool, "slots", o.slots},
-		append(jobs.attrs, "protocol", o.protocol, "tls", o.useTLS, "gates", o.gates.String())...)...)
+	attrs := append([]any{"hub", strings.Join(o.hubs, ","), "pool", o.pool, "slots", o.slots},
+		append(jobs.attrs, "protocol", o.protocol, "tls", o.useTLS, "gates", o.gates.String())...)
+	if tuned != nil {
+		attrs = append(attrs, "gomaxprocs", tuned.procs, "gogc", tuned.gcPercent)
+	}
+	logger.Info("starting", attrs...)
 	logged := make(chan struct{})
 	go func() {
 		defer close(logged)
