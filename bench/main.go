@@ -67,6 +67,12 @@ func main() {
 			return
 		case "soak":
 			os.Exit(soakMain(os.Args[2:]))
+		case "echo":
+			if err := echoMain(os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, "echo:", err)
+				os.Exit(1)
+			}
+			return
 		}
 	}
 	// The defaults suit a run from the repository root, as make runs it.
