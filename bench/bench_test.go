@@ -154,3 +154,20 @@ func TestPattern(t *testing.T) {
 		t.Fatalf("read %d bytes, want 200000", total)
 	}
 }
+
+func TestGoalRatio(t *testing.T) {
+	for _, tc := range []struct {
+		v, line float64
+		want    string
+	}{
+		{0.7974, 0.8, "0.797×"},
+		{0.8, 0.8, "0.80×"},
+		{0.47, 0.5, "0.47×"},
+		{0.79996, 0.8, "0.79996×"},
+		{1.5004, 1.5, "1.5004×"},
+	} {
+		if got := goalRatio(tc.v, tc.line); got != tc.want {
+			t.Errorf("goalRatio(%v, %v) = %q, want %q", tc.v, tc.line, got, tc.want)
+		}
+	}
+}
