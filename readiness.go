@@ -183,14 +183,17 @@ func (c *workerConn) framesAfterResponse() (bool, error) {
 			return false, err
 		}
 	}
+	if last != 0 {
+		// The frame came with the response's end, as the worker sends
+		// it: no need to ask the socket for more (a system call on every
+		// job). A later frame, or a hang-up, is the idle watcher's to see.
+		return last == worker.FrameReady, nil
+	}
 	f, err := c.readFrames(0)
 	if err != nil {
 		return false, err
 	}
-	if f != 0 {
-		last = f
-	}
-	return last == worker.FrameReady, nil
+	return f == worker.FrameReady, nil
 }
 
 // frameVerdict is what a frame read from a connection just taken means to
