@@ -152,9 +152,11 @@ func TestRoutineCloseThenGone(t *testing.T) {
 	if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
 		t.Fatal(err)
 	}
+	// Timed from before the response: the hub may read it, and start its
+	// wait, before this goroutine gets back from Close.
+	closed := time.Now()
 	io.WriteString(conn, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
 	conn.Close()
-	closed := time.Now()
 	wantStatus(t, "the job", answered, http.StatusOK)
 	var gone map[string]any
 	waitFor(t, "the worker gone", func() bool {
