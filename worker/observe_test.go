@@ -87,22 +87,10 @@ func (r *recorder) runningJobs() []*Job {
 // an answer: a Forwarder's request to it fails after it was sent.
 func brokenUpstream(t *testing.T) *url.URL {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			http.ReadRequest(bufio.NewReader(c))
-			c.Close()
-		}
-	}()
-	u, _ := url.Parse("http://" + ln.Addr().String())
+	u, _ := url.Parse(rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		http.ReadRequest(br)
+		c.Close()
+	}))
 	return u
 }
 
