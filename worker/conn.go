@@ -25,6 +25,10 @@ var (
 	// frameWriteTimeout bounds the write of a readiness frame; a hub that
 	// does not take one byte in that time is not reading.
 	frameWriteTimeout = 5 * time.Second
+	// retireGraceMin and retireGraceMax bound how long a connection that
+	// withdrew its offer keeps reading before it closes (see retire).
+	retireGraceMin = 250 * time.Millisecond
+	retireGraceMax = 2 * time.Second
 )
 
 // backoff returns the delay before retry number attempt (0-based) of a hub
@@ -161,6 +165,16 @@ type hubConn struct {
 
 	// listed: the connection is in ep.idle; guarded by the offers' lock.
 	listed bool
+
+	// retiring: c has withdrawn its offer to close (retire) and writes
+	// no more frames. Guarded by wmu.
+	retiring bool
+	// dmu guards retireBy, the end of the retiring connection's grace,
+	// before which Close leaves it open, and graceEnd, the timer that
+	// closes it then; both are cleared when a job arrives.
+	dmu      sync.Mutex
+	retireBy time.Time
+	graceEnd *time.Timer
 }
 
 func (c *hubConn) Read(p []byte) (int, error) {
@@ -215,8 +229,93 @@ func (c *hubConn) arrived() {
 	}
 	c.idle = false
 	c.waiting.Store(false)
+	if c.retiring {
+		// A job that crossed the withdrawal: it is served (or declined)
+		// as any other, with no deadline; its end closes c.
+		c.retiring = false
+		c.dmu.Lock()
+		c.retireBy = time.Time{}
+		if c.graceEnd != nil {
+			c.graceEnd.Stop()
+		}
+		c.dmu.Unlock()
+	}
 	c.wmu.Unlock()
 	c.slot.Store(c.w.offers.arrive(c))
+}
+
+// retire closes c, whose worker no longer wants it (it drains, its Health
+// is down or it leaves the hub address), without losing a job the hub may
+// be sending on it. While the last frame the hub has read from c is a
+// ready frame, the hub may have written a job a moment ago: closed now, c
+// would make the hub read a reset instead of a response, and a job that
+// may have started is never run again. So c withdraws its offer with a
+// not-ready frame and keeps reading for a grace period, long enough for a
+// job that crossed the frame to arrive: such a job is served (or declined)
+// as any other and c closes after it; otherwise c closes when the grace
+// ends. A connection the hub holds not ready (after its handshake or a
+// response, until a ready frame) gets no job and closes at once, as does
+// one without frames. One whose job has arrived but is still being read
+// is left to that job's end.
+func (c *hubConn) retire() {
+	c.wmu.Lock()
+	switch {
+	case c.closed || c.retiring:
+		c.wmu.Unlock()
+		return
+	case !c.idle && c.slot.Load() != slotNone:
+		c.wmu.Unlock()
+		return
+	case !c.ready || !c.idle || c.sent != FrameReady:
+		c.wmu.Unlock()
+		c.Close()
+		return
+	}
+	c.retiring = true
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(frameWriteTimeout))
+	_, err := c.Conn.Write([]byte{FrameNotReady})
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	if err == nil {
+		c.sent = FrameNotReady
+		grace := c.retireGrace()
+		c.dmu.Lock()
+		c.retireBy = time.Now().Add(grace)
+		// Armed after retireBy is set, it fires after it: Close closes.
+		c.graceEnd = time.AfterFunc(grace, c.endGrace)
+		c.dmu.Unlock()
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.Close()
+	}
+}
+
+// retireGrace is how long a retiring connection waits for a job that
+// crossed its withdrawal: many times the hub's round trip, within bounds.
+func (c *hubConn) retireGrace() time.Duration {
+	var rtt time.Duration
+	if c.ep != nil {
+		rtt = time.Duration(c.ep.rtt.Load())
+	}
+	return min(max(retireGraceMin, 16*rtt), retireGraceMax)
+}
+
+// endGrace closes a retiring connection on which no job arrived in its
+// grace; the server's read of the next request then fails.
+func (c *hubConn) endGrace() {
+	c.dmu.Lock()
+	ended := !c.retireBy.IsZero()
+	c.dmu.Unlock()
+	if ended {
+		c.Close()
+	}
+}
+
+// inGrace reports whether c is retiring and its grace has not ended.
+func (c *hubConn) inGrace() bool {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	return !c.retireBy.IsZero() && time.Now().Before(c.retireBy)
 }
 
 // becomeIdle records that c carries no job any more (after its handshake,
@@ -255,7 +354,7 @@ func (c *hubConn) takeSlot() bool {
 func (c *hubConn) flush() {
 	c.wmu.Lock()
 	f := byte(c.want.Load())
-	frame := c.ready && c.idle && !c.closed && f != c.sent
+	frame := c.ready && c.idle && !c.closed && !c.retiring && f != c.sent
 	var err error
 	switch {
 	case c.idle && len(c.held) > 0:
@@ -288,7 +387,13 @@ func (c *hubConn) flush() {
 }
 
 // Close closes the socket and frees the connection's slot, exactly once.
+// A retiring connection stays open until its grace ends (see retire), so
+// that the server's closing of its idle connections (on a drain, say) does
+// not cut off a job that crossed the withdrawal; the grace's end closes it.
 func (c *hubConn) Close() error {
+	if c.inGrace() {
+		return nil
+	}
 	c.wmu.Lock()
 	c.hold.Store(false)
 	if len(c.held) > 0 && !c.closed {
@@ -443,7 +548,9 @@ func (w *Worker) slotLoop(l *hubListener, ep *endpoint, slot int, fatal chan<- e
 		log.Debug("connected", "hub", ep.name, "address", ep.addr, "pool", w.cfg.Pool, "local", c.LocalAddr(),
 			"accept", c.accept, "ready", c.ready)
 
-		c.becomeIdle()
+		// The server's hook makes c idle, and so offers it, once the
+		// server has taken it: a connection offered before that could
+		// be closed by a drain with a job crossing its ready frame.
 		select {
 		case l.conns <- c:
 		case <-l.closed:

@@ -178,3 +178,72 @@ func TestProbeBackoff(t *testing.T) {
 		}
 	}
 }
+
+// downHealth is a Health whose probe fails until the test ends, for a
+// worker that is to go down and stay down.
+func downHealth() *Health {
+	return NewHealth(func(ctx context.Context) error { return errors.New("still down") })
+}
+
+// TestRetireServesCrossingJob: a worker whose Health goes down closes its
+// idle connections, but the hub may be writing a job on one it was offered
+// at that moment. The worker withdraws the offer with a not-ready frame
+// and reads on for a grace period, so that the job which crossed the frame
+// gets its response rather than a reset (a job the hub has written may
+// have started, so it cannot send it elsewhere); then the connection
+// closes.
+func TestRetireServesCrossingJob(t *testing.T) {
+	hub := readyHub(t)
+	h := downHealth()
+	startWorker(t, hub, Config{Health: h, Handler: pathHandler()})
+	s := hub.next(t)
+	s.expectFrame(t, FrameReady)
+	h.Fail(errors.New("test"))
+	// The hub has not read the withdrawal yet when it sends the job.
+	time.Sleep(20 * time.Millisecond)
+	resp, body := s.send(t, get("/crossed"))
+	if resp.StatusCode != 200 || body != "job /crossed" {
+		t.Fatalf("the job that crossed the withdrawal: %d %q", resp.StatusCode, body)
+	}
+	s.expectEOF(t, waitLimit)
+}
+
+// TestRetireClosesAfterGrace: with no job coming, the retiring connection
+// sends its not-ready frame at once and closes when its grace ends, not
+// before.
+func TestRetireClosesAfterGrace(t *testing.T) {
+	hub := readyHub(t)
+	h := downHealth()
+	startWorker(t, hub, Config{Health: h, Handler: pathHandler()})
+	s := hub.next(t)
+	s.expectFrame(t, FrameReady)
+	began := time.Now()
+	h.Fail(errors.New("test"))
+	s.expectFrame(t, FrameNotReady)
+	s.expectEOF(t, retireGraceMax+waitLimit)
+	if d := time.Since(began); d < retireGraceMin {
+		t.Fatalf("closed %v after the withdrawal, before the grace of %v", d, retireGraceMin)
+	}
+}
+
+// TestDrainServesCrossingJob: the same on a drain. The job that crossed
+// the withdrawal runs, and its response closes the connection.
+func TestDrainServesCrossingJob(t *testing.T) {
+	hub := readyHub(t)
+	rw := startWorker(t, hub, Config{Handler: pathHandler()})
+	s := hub.next(t)
+	s.expectFrame(t, FrameReady)
+	rw.cancel()
+	time.Sleep(20 * time.Millisecond)
+	resp, body := s.send(t, get("/crossed"))
+	if resp.StatusCode != 200 || body != "job /crossed" {
+		t.Fatalf("the job that crossed the withdrawal: %d %q", resp.StatusCode, body)
+	}
+	if !resp.Close {
+		t.Errorf("the last job's response lacks Connection: close")
+	}
+	s.expectEOF(t, waitLimit)
+	if err := rw.wait(t); err != nil {
+		t.Errorf("Run returned %v, want nil", err)
+	}
+}

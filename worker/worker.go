@@ -338,6 +338,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	l := newHubListener(w)
 	t := &connTracker{conns: make(map[net.Conn]http.ConnState), health: w.health}
+	t.closed = sync.NewCond(&t.mu)
 	w.tracker = t
 	srv := &http.Server{
 		Handler:   http.HandlerFunc(w.serveJob),
@@ -380,27 +381,35 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	// Order matters. Responses written from now on carry "Connection:
 	// close". Once draining is set, a connection that becomes new or idle
-	// is closed by the ConnState hook. Then dialling stops, and finally
-	// the connections that were already new or idle are closed.
+	// is closed (retired) by the ConnState hook. Then dialling stops, and
+	// once the server has taken its last connection, the connections that
+	// were already new or idle are retired.
+	//
+	// Server.Shutdown is not used: it drops a request read after it began,
+	// and a job the hub wrote on a connection just before it read the
+	// connection's withdrawn offer must get its response. So the drain
+	// waits for every connection to close (retired ones when their grace
+	// ends or their job has been served; busy ones after their response).
 	w.stopping.Store(true) // no slot redials from here on
 	srv.SetKeepAlivesEnabled(false)
 	t.setDraining()
 	l.Close()
+	<-served // Accept fails at once from here on, and Serve returns
 	t.closeIdle()
 	// Jobs whose responses wait for their consumers count as running: the
 	// out-of-band listener serves until they have ended.
 	dctx, cancel := context.WithTimeout(context.Background(), w.cfg.DrainTimeout)
-	err := srv.Shutdown(dctx)
-	if err != nil {
+	var err error
+	if !t.waitClosed(dctx) {
+		err = dctx.Err()
 		w.log.Warn("drain timeout: closing running jobs",
 			"drain_timeout", w.cfg.DrainTimeout, "busy", t.count(http.StateActive))
-		srv.Close()
 	}
+	srv.Close()
 	if w.redirect != nil {
 		w.redirect.stop(dctx, err != nil)
 	}
 	cancel()
-	<-served
 	slots.Wait()
 	if runErr == nil {
 		w.log.Info("drained", "hub", w.hubNames(), "pool", w.cfg.Pool)
@@ -417,6 +426,25 @@ type connTracker struct {
 	conns    map[net.Conn]http.ConnState
 	draining bool
 	health   *Health // may be nil
+	// closed is signalled (under mu) each time a connection leaves conns.
+	closed *sync.Cond
+}
+
+// waitClosed waits until the server holds no connection, or ctx is done;
+// it reports whether none is left.
+func (t *connTracker) waitClosed(ctx context.Context) bool {
+	stop := context.AfterFunc(ctx, func() {
+		t.mu.Lock()
+		t.closed.Broadcast()
+		t.mu.Unlock()
+	})
+	defer stop()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for len(t.conns) > 0 && ctx.Err() == nil {
+		t.closed.Wait()
+	}
+	return len(t.conns) == 0
 }
 
 func (t *connTracker) hook(c net.Conn, s http.ConnState) {
@@ -428,6 +456,7 @@ func (t *connTracker) hook(c net.Conn, s http.ConnState) {
 	switch s {
 	case http.StateClosed, http.StateHijacked:
 		delete(t.conns, c)
+		t.closed.Broadcast()
 	default:
 		t.conns[c] = s
 	}
@@ -435,17 +464,20 @@ func (t *connTracker) hook(c net.Conn, s http.ConnState) {
 		(t.draining || t.health != nil && t.health.Err() != nil || hc != nil && hc.ep.ctx.Err() != nil)
 	t.mu.Unlock()
 	switch {
+	case closeNow && hc != nil:
+		hc.retire()
 	case closeNow:
 		c.Close()
-	case hc != nil && s == http.StateIdle:
-		// The response has been written: the connection may be offered
-		// again.
+	case hc != nil && (s == http.StateNew || s == http.StateIdle):
+		// The server has taken the connection, or the response has
+		// been written: the connection may be offered (again).
 		hc.becomeIdle()
 	}
 }
 
 // closeIdleOf closes the new and idle connections to ep, which the worker
-// leaves; the hook closes busy ones when their job ends.
+// leaves (retiring those the hub may be sending a job on); the hook closes
+// busy ones when their job ends.
 func (t *connTracker) closeIdleOf(ep *endpoint) {
 	var idle []net.Conn
 	t.mu.Lock()
@@ -456,7 +488,7 @@ func (t *connTracker) closeIdleOf(ep *endpoint) {
 	}
 	t.mu.Unlock()
 	for _, c := range idle {
-		c.Close()
+		retire(c)
 	}
 }
 
@@ -468,7 +500,8 @@ func (t *connTracker) setDraining() {
 	t.mu.Unlock()
 }
 
-// closeIdle closes every connection that is new or idle.
+// closeIdle closes every connection that is new or idle, retiring those
+// the hub may be sending a job on.
 func (t *connTracker) closeIdle() {
 	var idle []net.Conn
 	t.mu.Lock()
@@ -479,8 +512,17 @@ func (t *connTracker) closeIdle() {
 	}
 	t.mu.Unlock()
 	for _, c := range idle {
-		c.Close()
+		retire(c)
 	}
+}
+
+// retire retires c if it is a connection to a hub, and closes it if not.
+func retire(c net.Conn) {
+	if hc, ok := c.(*hubConn); ok {
+		hc.retire()
+		return
+	}
+	c.Close()
 }
 
 func (t *connTracker) count(state http.ConnState) int {
