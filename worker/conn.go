@@ -169,6 +169,10 @@ type hubConn struct {
 	// retiring: c has withdrawn its offer to close (retire) and writes
 	// no more frames. Guarded by wmu.
 	retiring bool
+	// withdrawn is when c last sent a not-ready frame after a ready one
+	// (zero if its last offer was taken by a job): a job may have crossed
+	// that frame for a while after it. Guarded by wmu.
+	withdrawn time.Time
 	// dmu guards retireBy, the end of the retiring connection's grace,
 	// before which Close leaves it open, and graceEnd, the timer that
 	// closes it then; both are cleared when a job arrives.
@@ -253,33 +257,53 @@ func (c *hubConn) arrived() {
 // not-ready frame and keeps reading for a grace period, long enough for a
 // job that crossed the frame to arrive: such a job is served (or declined)
 // as any other and c closes after it; otherwise c closes when the grace
-// ends. A connection the hub holds not ready (after its handshake or a
-// response, until a ready frame) gets no job and closes at once, as does
-// one without frames. One whose job has arrived but is still being read
-// is left to that job's end.
+// ends. A connection that withdrew its offer a moment ago on its own (its
+// slot was offered elsewhere, or its hub address is left) keeps what is
+// left of that withdrawal's grace. One the hub holds not ready (after its
+// handshake or a response, until a ready frame), and has held so long
+// enough, gets no job and closes at once, as does one without frames. One
+// whose job has arrived is left to that job's end.
 func (c *hubConn) retire() {
 	c.wmu.Lock()
 	switch {
 	case c.closed || c.retiring:
 		c.wmu.Unlock()
 		return
-	case !c.idle && c.slot.Load() != slotNone:
+	case !c.idle:
+		// A job has arrived and not ended (or c is not yet offered):
+		// the server's hook closes c when its response has been written
+		// (or retires it once it is offered).
 		c.wmu.Unlock()
 		return
-	case !c.ready || !c.idle || c.sent != FrameReady:
+	case !c.ready:
 		c.wmu.Unlock()
 		c.Close()
 		return
 	}
-	c.retiring = true
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(frameWriteTimeout))
-	_, err := c.Conn.Write([]byte{FrameNotReady})
-	_ = c.Conn.SetWriteDeadline(time.Time{})
-	if err == nil {
+	grace := c.retireGrace()
+	now := time.Now()
+	var err error
+	switch {
+	case c.sent == FrameReady:
+		_ = c.Conn.SetWriteDeadline(now.Add(frameWriteTimeout))
+		_, err = c.Conn.Write([]byte{FrameNotReady})
+		_ = c.Conn.SetWriteDeadline(time.Time{})
 		c.sent = FrameNotReady
-		grace := c.retireGrace()
+	case c.withdrawn.IsZero() || now.Sub(c.withdrawn) >= grace:
+		// Never offered since its last job, or withdrawn long ago.
+		c.wmu.Unlock()
+		c.Close()
+		return
+	default:
+		// Withdrawn a moment ago (the offers moved its slot, or
+		// stopped offering to its hub address): what is left of that
+		// withdrawal's grace.
+		grace -= now.Sub(c.withdrawn)
+	}
+	if err == nil {
+		c.retiring = true
 		c.dmu.Lock()
-		c.retireBy = time.Now().Add(grace)
+		c.retireBy = now.Add(grace)
 		// Armed after retireBy is set, it fires after it: Close closes.
 		c.graceEnd = time.AfterFunc(grace, c.endGrace)
 		c.dmu.Unlock()
@@ -330,6 +354,7 @@ func (c *hubConn) becomeIdle() {
 	c.hold.Store(false)
 	c.idle = true
 	c.sent = FrameNotReady
+	c.withdrawn = time.Time{}
 	c.waiting.Store(true)
 	c.wmu.Unlock()
 	c.w.offers.idle(c)
@@ -378,6 +403,9 @@ func (c *hubConn) flush() {
 		_ = c.Conn.SetWriteDeadline(time.Time{})
 	}
 	if err == nil && frame {
+		if f == FrameNotReady {
+			c.withdrawn = time.Now()
+		}
 		c.sent = f
 	}
 	c.wmu.Unlock()

@@ -329,3 +329,40 @@ func TestDeclineAfterAutomaticAccept(t *testing.T) {
 		return logs.count("Decline after the job was accepted") == 1 && logs.count("worker.AcceptLater") == 1
 	})
 }
+
+// TestLeaveServesCrossingJob: leaving a hub address withdraws the offer on
+// its idle connection with a not-ready frame, but the hub may have written
+// a job just before it read that frame. The connection reads on for a
+// grace, serves the job that crossed, and then closes.
+func TestLeaveServesCrossingJob(t *testing.T) {
+	l1, l2 := listenSamePort(t)
+	h1, h2 := startTestHub(t, l1), startTestHub(t, l2)
+	for _, h := range []*testHub{h1, h2} {
+		h.configure(func(h *testHub) { h.features = "accept, ready" })
+	}
+	_, port, _ := net.SplitHostPort(l1.Addr().String())
+	var mu sync.Mutex
+	addrs := []string{"127.0.0.1", "127.0.0.2"}
+	lookup := func(ctx context.Context, host string) ([]string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), addrs...), nil
+	}
+	startWorkerAt(t, "hubs.test:"+port, Config{LookupHost: lookup, ResolveInterval: 20 * time.Millisecond, Handler: pathHandler()})
+	s1, s2 := h1.next(t), h2.next(t)
+	offered := pollReady(t, s1, s2)
+	keep := "127.0.0.2"
+	if offered == s2 {
+		keep = "127.0.0.1"
+	}
+	mu.Lock()
+	addrs = []string{keep}
+	mu.Unlock()
+	offered.expectFrame(t, FrameNotReady)
+	// The hub wrote this job before it read the frame.
+	resp, body := offered.send(t, get("/crossed"))
+	if resp.StatusCode != 200 || body != "job /crossed" {
+		t.Fatalf("the job that crossed the withdrawal: %d %q", resp.StatusCode, body)
+	}
+	offered.expectEOF(t, waitLimit)
+}

@@ -411,3 +411,58 @@ func TestForwarderDirectInformationalLimit(t *testing.T) {
 		}
 	}
 }
+
+// A connection whose offer the offers withdrew a moment ago (its slot was
+// taken by a job on another connection, here) and which the worker then
+// retires keeps what is left of that withdrawal's grace: a job may have
+// crossed the not-ready frame. One never offered since its last job
+// closes at once.
+func TestRetireAfterWithdrawal(t *testing.T) {
+	w := &Worker{log: testLogger(t)}
+	w.offers = newOffers(w, 1, false)
+	ep := &endpoint{name: "hub", addr: "a", ctx: context.Background(), score: 1}
+	w.offers.addEndpoint(ep)
+	t.Cleanup(func() { w.offers.removeEndpoint(ep) })
+	log := &writeLog{}
+	c := &hubConn{Conn: log, w: w, ep: ep, ready: true, released: make(chan struct{})}
+	c.becomeIdle()
+	other := &hubConn{Conn: &writeLog{}, w: w, ep: ep, ready: true, released: make(chan struct{})}
+	other.becomeIdle()
+	if arrive(other) != slotTaken {
+		t.Fatal("the job on the other connection got no slot")
+	}
+	if got := log.taken(); !slices.Equal(got, []string{"+", "-"}) {
+		t.Fatalf("offered, then its slot taken: writes %q, want the two frames", got)
+	}
+	c.retire()
+	if !c.inGrace() {
+		t.Fatal("retired just after its withdrawal: not in a grace")
+	}
+	if got := log.taken(); len(got) != 0 {
+		t.Errorf("retired after its withdrawal: writes %q, want none", got)
+	}
+	select {
+	case <-c.released:
+		t.Fatal("closed at once, though a job may have crossed its withdrawal")
+	case <-time.After(retireGraceMin / 2):
+	}
+	select {
+	case <-c.released:
+	case <-time.After(retireGraceMax + waitLimit):
+		t.Fatal("still open after its grace")
+	}
+
+	// Never offered since its job: nothing can be on its way.
+	thirdLog := &writeLog{}
+	third := &hubConn{Conn: thirdLog, w: w, ep: ep, ready: true, released: make(chan struct{})}
+	third.becomeIdle() // the one slot is busy: not offered
+	if got := thirdLog.taken(); len(got) != 0 {
+		t.Fatalf("offered with no slot free: writes %q", got)
+	}
+	third.retire()
+	select {
+	case <-third.released:
+	default:
+		t.Fatal("a connection never offered was not closed at once")
+	}
+}

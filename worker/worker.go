@@ -460,19 +460,35 @@ func (t *connTracker) hook(c net.Conn, s http.ConnState) {
 	default:
 		t.conns[c] = s
 	}
-	closeNow := (s == http.StateNew || s == http.StateIdle) &&
-		(t.draining || t.health != nil && t.health.Err() != nil || hc != nil && hc.ep.ctx.Err() != nil)
+	closeNow := (s == http.StateNew || s == http.StateIdle) && t.unwantedLocked(hc)
 	t.mu.Unlock()
 	switch {
-	case closeNow && hc != nil:
-		hc.retire()
 	case closeNow:
+		// Not offered since the server took it or since its response
+		// was written (both leave a connection not ready): no job can
+		// be on its way.
 		c.Close()
 	case hc != nil && (s == http.StateNew || s == http.StateIdle):
 		// The server has taken the connection, or the response has
 		// been written: the connection may be offered (again).
 		hc.becomeIdle()
+		// A drain, a Health gone down or a hub address left since
+		// closeNow was taken would have passed c over while it was
+		// not yet idle (retire leaves such a connection alone).
+		t.mu.Lock()
+		unwanted := t.unwantedLocked(hc)
+		t.mu.Unlock()
+		if unwanted {
+			hc.retire()
+		}
 	}
+}
+
+// unwantedLocked reports whether the worker wants connections closed (it
+// drains, or its Health is down), or c's in particular (its hub address is
+// left). c may be nil, for a connection that is not to a hub.
+func (t *connTracker) unwantedLocked(c *hubConn) bool {
+	return t.draining || t.health != nil && t.health.Err() != nil || c != nil && c.ep.ctx.Err() != nil
 }
 
 // closeIdleOf closes the new and idle connections to ep, which the worker
