@@ -50,19 +50,30 @@ func (l *writeLog) taken() []string {
 	return w
 }
 
-// The ready frame that follows a response goes out in the same write as
-// the response's end, so that the hub finds it with the response instead
-// of being woken for it a moment later; a connection closed after its
-// response writes the response's end before it closes.
-func TestReadyFrameRidesWithResponse(t *testing.T) {
+// oneSlotWorker makes a worker with one slot and one hub address, without
+// a server or sockets; newConn gives it an idle connection that speaks
+// frames, whose writes are recorded.
+func oneSlotWorker(t *testing.T) (newConn func() (*hubConn, *writeLog)) {
 	w := &Worker{log: testLogger(t)}
 	w.offers = newOffers(w, 1, false)
 	ep := &endpoint{name: "hub", addr: "a", ctx: context.Background(), score: 1}
 	w.offers.addEndpoint(ep)
 	t.Cleanup(func() { w.offers.removeEndpoint(ep) })
-	log := &writeLog{}
-	c := &hubConn{Conn: log, w: w, ep: ep, ready: true, released: make(chan struct{})}
-	c.becomeIdle()
+	return func() (*hubConn, *writeLog) {
+		log := &writeLog{}
+		c := &hubConn{Conn: log, w: w, ep: ep, ready: true, released: make(chan struct{})}
+		c.becomeIdle()
+		return c, log
+	}
+}
+
+// The ready frame that follows a response goes out in the same write as
+// the response's end, so that the hub finds it with the response instead
+// of being woken for it a moment later; a connection closed after its
+// response writes the response's end before it closes.
+func TestReadyFrameRidesWithResponse(t *testing.T) {
+	newConn := oneSlotWorker(t)
+	c, log := newConn()
 	if got := log.taken(); !slices.Equal(got, []string{"+"}) {
 		t.Fatalf("after the handshake: writes %q, want the ready frame", got)
 	}
@@ -72,7 +83,7 @@ func TestReadyFrameRidesWithResponse(t *testing.T) {
 			t.Fatalf("job %d: no slot", i)
 		}
 		c.Write([]byte("HTTP/1.1 200 OK\r\n")) // while the handler runs
-		w.offers.done(c)                       // the handler returns
+		c.w.offers.done(c)                     // the handler returns
 		c.holdTail()
 		c.Write([]byte("Content-Length: 2\r\n\r\n"))
 		c.Write([]byte("ok"))
@@ -85,7 +96,7 @@ func TestReadyFrameRidesWithResponse(t *testing.T) {
 		}
 	}
 	arrive(c)
-	w.offers.done(c)
+	c.w.offers.done(c)
 	c.holdTail()
 	c.Write([]byte(resp))
 	c.Close()
@@ -418,16 +429,9 @@ func TestForwarderDirectInformationalLimit(t *testing.T) {
 // crossed the not-ready frame. One never offered since its last job
 // closes at once.
 func TestRetireAfterWithdrawal(t *testing.T) {
-	w := &Worker{log: testLogger(t)}
-	w.offers = newOffers(w, 1, false)
-	ep := &endpoint{name: "hub", addr: "a", ctx: context.Background(), score: 1}
-	w.offers.addEndpoint(ep)
-	t.Cleanup(func() { w.offers.removeEndpoint(ep) })
-	log := &writeLog{}
-	c := &hubConn{Conn: log, w: w, ep: ep, ready: true, released: make(chan struct{})}
-	c.becomeIdle()
-	other := &hubConn{Conn: &writeLog{}, w: w, ep: ep, ready: true, released: make(chan struct{})}
-	other.becomeIdle()
+	newConn := oneSlotWorker(t)
+	c, log := newConn()
+	other, _ := newConn()
 	if arrive(other) != slotTaken {
 		t.Fatal("the job on the other connection got no slot")
 	}
@@ -453,9 +457,7 @@ func TestRetireAfterWithdrawal(t *testing.T) {
 	}
 
 	// Never offered since its job: nothing can be on its way.
-	thirdLog := &writeLog{}
-	third := &hubConn{Conn: thirdLog, w: w, ep: ep, ready: true, released: make(chan struct{})}
-	third.becomeIdle() // the one slot is busy: not offered
+	third, thirdLog := newConn() // the one slot is busy: not offered
 	if got := thirdLog.taken(); len(got) != 0 {
 		t.Fatalf("offered with no slot free: writes %q", got)
 	}
