@@ -166,17 +166,14 @@ type hubConn struct {
 	// listed: the connection is in ep.idle; guarded by the offers' lock.
 	listed bool
 
-	// retiring: c has withdrawn its offer to close (retire) and writes
-	// no more frames. Guarded by wmu.
-	retiring bool
 	// withdrawn is when c last sent a not-ready frame after a ready one
 	// (zero if its last offer was taken by a job): a job may have crossed
 	// that frame for a while after it. Guarded by wmu.
 	withdrawn time.Time
-	// dmu guards retireBy, the end of the retiring connection's grace,
-	// before which Close leaves it open, and graceEnd, the timer that
-	// closes it then; both are cleared when a job arrives.
-	dmu      sync.Mutex
+	// retireBy, if set, is the end of the grace of c, which has withdrawn
+	// its offer to close (retire) and writes no more frames: until then
+	// Close leaves it open, and graceEnd closes it then. Both are cleared
+	// when a job arrives. Guarded by wmu.
 	retireBy time.Time
 	graceEnd *time.Timer
 }
@@ -233,16 +230,11 @@ func (c *hubConn) arrived() {
 	}
 	c.idle = false
 	c.waiting.Store(false)
-	if c.retiring {
+	if !c.retireBy.IsZero() {
 		// A job that crossed the withdrawal: it is served (or declined)
 		// as any other, with no deadline; its end closes c.
-		c.retiring = false
-		c.dmu.Lock()
 		c.retireBy = time.Time{}
-		if c.graceEnd != nil {
-			c.graceEnd.Stop()
-		}
-		c.dmu.Unlock()
+		c.graceEnd.Stop()
 	}
 	c.wmu.Unlock()
 	c.slot.Store(c.w.offers.arrive(c))
@@ -266,7 +258,7 @@ func (c *hubConn) arrived() {
 func (c *hubConn) retire() {
 	c.wmu.Lock()
 	switch {
-	case c.closed || c.retiring:
+	case c.closed || !c.retireBy.IsZero():
 		c.wmu.Unlock()
 		return
 	case !c.idle:
@@ -301,12 +293,9 @@ func (c *hubConn) retire() {
 		grace -= now.Sub(c.withdrawn)
 	}
 	if err == nil {
-		c.retiring = true
-		c.dmu.Lock()
 		c.retireBy = now.Add(grace)
 		// Armed after retireBy is set, it fires after it: Close closes.
 		c.graceEnd = time.AfterFunc(grace, c.endGrace)
-		c.dmu.Unlock()
 	}
 	c.wmu.Unlock()
 	if err != nil {
@@ -327,18 +316,16 @@ func (c *hubConn) retireGrace() time.Duration {
 // endGrace closes a retiring connection on which no job arrived in its
 // grace; the server's read of the next request then fails.
 func (c *hubConn) endGrace() {
-	c.dmu.Lock()
+	c.wmu.Lock()
 	ended := !c.retireBy.IsZero()
-	c.dmu.Unlock()
+	c.wmu.Unlock()
 	if ended {
 		c.Close()
 	}
 }
 
-// inGrace reports whether c is retiring and its grace has not ended.
-func (c *hubConn) inGrace() bool {
-	c.dmu.Lock()
-	defer c.dmu.Unlock()
+// inGraceLocked reports whether c is retiring and its grace has not ended.
+func (c *hubConn) inGraceLocked() bool {
 	return !c.retireBy.IsZero() && time.Now().Before(c.retireBy)
 }
 
@@ -379,7 +366,7 @@ func (c *hubConn) takeSlot() bool {
 func (c *hubConn) flush() {
 	c.wmu.Lock()
 	f := byte(c.want.Load())
-	frame := c.ready && c.idle && !c.closed && !c.retiring && f != c.sent
+	frame := c.ready && c.idle && !c.closed && c.retireBy.IsZero() && f != c.sent
 	var err error
 	switch {
 	case c.idle && len(c.held) > 0:
@@ -419,10 +406,11 @@ func (c *hubConn) flush() {
 // that the server's closing of its idle connections (on a drain, say) does
 // not cut off a job that crossed the withdrawal; the grace's end closes it.
 func (c *hubConn) Close() error {
-	if c.inGrace() {
+	c.wmu.Lock()
+	if c.inGraceLocked() {
+		c.wmu.Unlock()
 		return nil
 	}
-	c.wmu.Lock()
 	c.hold.Store(false)
 	if len(c.held) > 0 && !c.closed {
 		// The end of the last response, as a server that closes after

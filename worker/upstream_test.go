@@ -439,7 +439,10 @@ func TestRetireAfterWithdrawal(t *testing.T) {
 		t.Fatalf("offered, then its slot taken: writes %q, want the two frames", got)
 	}
 	c.retire()
-	if !c.inGrace() {
+	c.wmu.Lock()
+	inGrace := c.inGraceLocked()
+	c.wmu.Unlock()
+	if !inGrace {
 		t.Fatal("retired just after its withdrawal: not in a grace")
 	}
 	if got := log.taken(); len(got) != 0 {
