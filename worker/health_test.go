@@ -199,8 +199,9 @@ func TestRetireServesCrossingJob(t *testing.T) {
 	s := hub.next(t)
 	s.expectFrame(t, FrameReady)
 	h.Fail(errors.New("test"))
-	// The hub has not read the withdrawal yet when it sends the job.
-	time.Sleep(20 * time.Millisecond)
+	// The withdrawal is on its way; the job, written as the hub read it,
+	// crosses it (the worker cannot tell the two apart).
+	s.expectFrame(t, FrameNotReady)
 	resp, body := s.send(t, get("/crossed"))
 	if resp.StatusCode != 200 || body != "job /crossed" {
 		t.Fatalf("the job that crossed the withdrawal: %d %q", resp.StatusCode, body)
@@ -234,7 +235,7 @@ func TestDrainServesCrossingJob(t *testing.T) {
 	s := hub.next(t)
 	s.expectFrame(t, FrameReady)
 	rw.cancel()
-	time.Sleep(20 * time.Millisecond)
+	s.expectFrame(t, FrameNotReady)
 	resp, body := s.send(t, get("/crossed"))
 	if resp.StatusCode != 200 || body != "job /crossed" {
 		t.Fatalf("the job that crossed the withdrawal: %d %q", resp.StatusCode, body)
@@ -245,5 +246,23 @@ func TestDrainServesCrossingJob(t *testing.T) {
 	s.expectEOF(t, waitLimit)
 	if err := rw.wait(t); err != nil {
 		t.Errorf("Run returned %v, want nil", err)
+	}
+}
+
+// TestRetireGraceBounds: the grace is 16 round trips to the hub, but never
+// below retireGraceMin (a hub on loopback) nor above retireGraceMax (a hub
+// far away must not hold a drain for long).
+func TestRetireGraceBounds(t *testing.T) {
+	for _, tc := range []struct{ rtt, want time.Duration }{
+		{0, retireGraceMin},
+		{time.Millisecond, retireGraceMin},
+		{20 * time.Millisecond, 320 * time.Millisecond},
+		{time.Second, retireGraceMax},
+	} {
+		ep := &endpoint{}
+		ep.rtt.Store(int64(tc.rtt))
+		if got := (&hubConn{ep: ep}).retireGrace(); got != tc.want {
+			t.Errorf("hub round trip %v: grace %v, want %v", tc.rtt, got, tc.want)
+		}
 	}
 }
