@@ -43,6 +43,9 @@ type listenerOptions struct {
 	maxHandshakes int
 	burst         int
 	interval      time.Duration
+	// listenConfig opens the socket as the app does (workerListenConfig)
+	// instead of with net.Listen.
+	listenConfig bool
 }
 
 func startTestListener(t testing.TB, o listenerOptions) *testListener {
@@ -78,7 +81,14 @@ func startTestListener(t testing.TB, o listenerOptions) *testListener {
 			wl.pools[name] = entry
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	listen := net.Listen
+	if o.listenConfig {
+		lc := workerListenConfig()
+		listen = func(network, address string) (net.Listener, error) {
+			return lc.Listen(context.Background(), network, address)
+		}
+	}
+	ln, err := listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

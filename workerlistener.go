@@ -43,6 +43,10 @@ type workerListener struct {
 	done       sync.WaitGroup
 	handshakes atomic.Int64 // in progress
 	refused    atomic.Int64 // connections closed at once: too many handshakes in progress
+	// inherits says whether accepted connections come with the listening
+	// socket's keepalive settings: 0 before the first connection, then 1
+	// or -1. The accept loop's own.
+	inherits int8
 
 	mu     sync.Mutex
 	closed bool // admits no more connections to its pools
@@ -151,7 +155,7 @@ func poolTLSConfig(ctx caddy.Context, pt *PoolTLS) (server, policy *tls.Config, 
 // start opens the listener. kept says that the previous config served the
 // address already, so nothing new opens as far as an operator can tell.
 func (wl *workerListener) start(ctx caddy.Context, kept bool) error {
-	lnAny, err := wl.addr.Listen(ctx, 0, net.ListenConfig{KeepAliveConfig: workerKeepAlive})
+	lnAny, err := wl.addr.Listen(ctx, 0, workerListenConfig())
 	if err != nil {
 		return fmt.Errorf("worker listener %s: %v", wl.addr, err)
 	}
@@ -222,6 +226,16 @@ func (wl *workerListener) serve() {
 			continue
 		}
 		backoff = 0
+		wl.keepAlive(conn)
+		if wl.bare != nil && wl.tlsConfig == nil {
+			// A POTHEAD worker says nothing before its job: without TLS
+			// there is no handshake to wait for, and its connection joins
+			// the pool here rather than on a goroutine of its own. It
+			// dials once per job, and that goroutine was a good part of
+			// what the hub spent on each.
+			wl.admitBare(conn, admission{protocol: worker.ProtocolPothead})
+			continue
+		}
 		if wl.handshakes.Add(1) > int64(wl.maxHandshakes) {
 			// Half-open handshakes hold a goroutine each until their
 			// timeout; past the cap a connection costs only its accept.
@@ -256,10 +270,7 @@ func (wl *workerListener) handshake(conn net.Conn) {
 	if wl.bare != nil {
 		adm.protocol = worker.ProtocolPothead
 		_ = conn.SetDeadline(time.Time{})
-		// A POTHEAD worker's server answers 100 Continue before it calls
-		// the app: its 100 means what the accept feature's does.
-		// The pool logs the connection's arrival.
-		wl.admit(wl.bare, conn, nil, workerInfo{features: features{accept: true}, admission: adm})
+		wl.admitBare(conn, adm)
 		return
 	}
 
@@ -277,6 +288,36 @@ func (wl *workerListener) handshake(conn net.Conn) {
 		return
 	}
 	wl.reject(conn, remote, hs.pool, rej)
+}
+
+// admitBare hands a POTHEAD worker's connection to the pothead pool. A
+// POTHEAD worker's server answers 100 Continue before it calls the app: its
+// 100 means what the accept feature's does. The pool logs the connection's
+// arrival.
+func (wl *workerListener) admitBare(conn net.Conn, adm admission) {
+	wl.admit(wl.bare, conn, nil, workerInfo{features: features{accept: true}, admission: adm})
+}
+
+// keepAlive makes sure conn has the worker keepalive settings. The first
+// connection a listener accepts shows whether its socket hands them on
+// (see workerListenConfig); where it does not (a listener passed in as a
+// file descriptor, or a platform that does not), every connection is given
+// them itself. Only the accept loop calls it.
+func (wl *workerListener) keepAlive(conn net.Conn) {
+	if wl.inherits == 0 {
+		wl.inherits = -1
+		if hasWorkerKeepAlive(conn) {
+			wl.inherits = 1
+		}
+	}
+	if wl.inherits > 0 {
+		return
+	}
+	if kc, ok := conn.(interface {
+		SetKeepAliveConfig(net.KeepAliveConfig) error
+	}); ok {
+		_ = kc.SetKeepAliveConfig(workerKeepAlive)
+	}
 }
 
 // tlsFailed handles a failed TLS handshake. A plaintext HTTP request, which
