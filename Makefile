@@ -76,12 +76,15 @@ demo: build
 bin/bench: FORCE
 	cd bench && $(GO) build -o ../bin/bench .
 
-# HAProxy is one of the systems compared; as root, install it if missing.
-# The limit on open files goes up to the hard limit for scenario 4.
+# HAProxy is one of the systems compared, and werkzeug serves the stand-in
+# POTHEAD worker; as root, install them if missing. The limit on open files
+# goes up to the hard limit for scenario 4.
 BENCH_FLAGS ?=
 bench: build bin/bench
-	@if ! command -v haproxy >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
+	@pkgs=""; command -v haproxy >/dev/null || pkgs="haproxy"; \
+	/usr/bin/python3 -c 'import werkzeug' >/dev/null 2>&1 || pkgs="$$pkgs python3-werkzeug"; \
+	if [ -n "$$pkgs" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
 	fi
 	ulimit -n "$$(ulimit -Hn)" && ./bin/bench -caddy bin/caddy -worker bin/reverse-http-worker -out bench/results -readme README.md $(BENCH_FLAGS)
 

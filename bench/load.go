@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -58,12 +59,20 @@ func (r closedResult) rate() float64 { return float64(r.requests) / r.elapsed.Se
 // closedLoop keeps conc requests in flight for d: each client sends its
 // next request when the previous one is answered.
 func closedLoop(url string, conc int, d time.Duration) closedResult {
+	return pacedLoop(url, conc, 0, d)
+}
+
+// pacedLoop is closedLoop with the requests spread out at rate per second
+// (0: as fast as answered): the k-th request goes no sooner than k/rate
+// after the start, with at most conc in flight.
+func pacedLoop(url string, conc int, rate float64, d time.Duration) closedResult {
 	c := newClient(conc)
 	defer c.CloseIdleConnections()
 	var mu sync.Mutex
 	var res closedResult
 	start := time.Now()
 	end := start.Add(d)
+	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range conc {
 		wg.Add(1)
@@ -73,6 +82,13 @@ func closedLoop(url string, conc int, d time.Duration) closedResult {
 			errs := 0
 			var firstErr error
 			for {
+				if rate > 0 {
+					due := start.Add(time.Duration(float64(next.Add(1)-1) / rate * float64(time.Second)))
+					if due.After(end) {
+						break
+					}
+					time.Sleep(time.Until(due))
+				}
 				t0 := time.Now()
 				if t0.After(end) {
 					break
