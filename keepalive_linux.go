@@ -15,18 +15,16 @@ import (
 // so they are set once, on the listener, instead of with four system calls
 // on every connection: a POTHEAD worker dials once per job. The accept
 // loop checks that the first connection has them (workerListener.keepAlive).
+// A socket that refuses them still listens: its connections are then given
+// them one by one, which is all that net would have done.
 func workerListenConfig() net.ListenConfig {
 	return net.ListenConfig{
 		KeepAlive: -1, // net sets nothing on accepted connections
 		Control: func(network, _ string, rc syscall.RawConn) error {
-			if !strings.HasPrefix(network, "tcp") {
-				return nil
+			if strings.HasPrefix(network, "tcp") {
+				_ = rc.Control(func(fd uintptr) { _ = setWorkerKeepAlive(int(fd)) })
 			}
-			var serr error
-			if err := rc.Control(func(fd uintptr) { serr = setWorkerKeepAlive(int(fd)) }); err != nil {
-				return err
-			}
-			return serr
+			return nil
 		},
 	}
 }

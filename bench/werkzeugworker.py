@@ -38,14 +38,17 @@ def app(environ, start_response):
         h = hashlib.sha256()
         n = 0
         stream = environ["wsgi.input"]
-        left = int(environ.get("CONTENT_LENGTH") or 0)
-        while left > 0:
-            piece = stream.read(min(left, 65536))
+        # The hub sends a body with a Content-Length or chunked; werkzeug
+        # undoes the chunking and then gives no length.
+        left = int(environ.get("CONTENT_LENGTH") or -1)
+        while left != 0:
+            piece = stream.read(65536 if left < 0 else min(left, 65536))
             if not piece:
                 break
             h.update(piece)
             n += len(piece)
-            left -= len(piece)
+            if left > 0:
+                left -= len(piece)
         body = f"{n} {h.hexdigest()}\n".encode()
     elif path == "/chunked":
         start_response("200 OK", [("Content-Type", "text/plain")])
@@ -81,6 +84,9 @@ class Server:
         self.passthrough_errors = False
         self.server_address = address
 
+    def log(self, type, message, *args):
+        print(f"{type}: {message % args if args else message}", file=sys.stderr, flush=True)
+
 
 class Handler(WSGIRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -103,8 +109,8 @@ def slot(host, port):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
         try:
             Handler(sock, sock.getpeername(), server)
-        except OSError:
-            pass
+        except Exception as e:  # a slot that stopped would shrink the pool unseen
+            print(f"slot: {e!r}", file=sys.stderr, flush=True)
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
