@@ -118,7 +118,7 @@ func (w *Worker) watchHealth(ctx context.Context, t *connTracker) {
 				return
 			}
 		}
-		t.closeIdle()
+		t.retireIdle(nil)
 		if !w.probeUntilUp(ctx) {
 			return
 		}

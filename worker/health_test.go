@@ -185,6 +185,19 @@ func downHealth() *Health {
 	return NewHealth(func(ctx context.Context) error { return errors.New("still down") })
 }
 
+// offeredWithHealth starts a one-connection worker with a Health that
+// stays down once failed, and returns the hub's side of its connection,
+// offered (its ready frame read), and the Health.
+func offeredWithHealth(t *testing.T) (*hubSide, *Health) {
+	t.Helper()
+	hub := readyHub(t)
+	h := downHealth()
+	startWorker(t, hub, Config{Health: h, Handler: pathHandler()})
+	s := hub.next(t)
+	s.expectFrame(t, FrameReady)
+	return s, h
+}
+
 // TestRetireServesCrossingJob: a worker whose Health goes down closes its
 // idle connections, but the hub may be writing a job on one it was offered
 // at that moment. The worker withdraws the offer with a not-ready frame
@@ -193,11 +206,7 @@ func downHealth() *Health {
 // have started, so it cannot send it elsewhere); then the connection
 // closes.
 func TestRetireServesCrossingJob(t *testing.T) {
-	hub := readyHub(t)
-	h := downHealth()
-	startWorker(t, hub, Config{Health: h, Handler: pathHandler()})
-	s := hub.next(t)
-	s.expectFrame(t, FrameReady)
+	s, h := offeredWithHealth(t)
 	h.Fail(errors.New("test"))
 	// The withdrawal is on its way; the job, written as the hub read it,
 	// crosses it (the worker cannot tell the two apart).
@@ -213,11 +222,7 @@ func TestRetireServesCrossingJob(t *testing.T) {
 // sends its not-ready frame at once and closes when its grace ends, not
 // before.
 func TestRetireClosesAfterGrace(t *testing.T) {
-	hub := readyHub(t)
-	h := downHealth()
-	startWorker(t, hub, Config{Health: h, Handler: pathHandler()})
-	s := hub.next(t)
-	s.expectFrame(t, FrameReady)
+	s, h := offeredWithHealth(t)
 	began := time.Now()
 	h.Fail(errors.New("test"))
 	s.expectFrame(t, FrameNotReady)

@@ -177,7 +177,7 @@ func (s *hubSet) update(ts []target) {
 			delete(s.eps, addr)
 			ep.cancel()
 			s.w.offers.removeEndpoint(ep)
-			s.w.tracker.closeIdleOf(ep)
+			s.w.tracker.retireIdle(ep)
 		}
 	}
 	addrs := make([]string, 0, len(want))

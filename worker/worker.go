@@ -395,7 +395,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	t.setDraining()
 	l.Close()
 	<-served // Accept fails at once from here on, and Serve returns
-	t.closeIdle()
+	t.retireIdle(nil)
 	// Jobs whose responses wait for their consumers count as running: the
 	// out-of-band listener serves until they have ended.
 	dctx, cancel := context.WithTimeout(context.Background(), w.cfg.DrainTimeout)
@@ -491,14 +491,18 @@ func (t *connTracker) unwantedLocked(c *hubConn) bool {
 	return t.draining || t.health != nil && t.health.Err() != nil || c != nil && c.ep.ctx.Err() != nil
 }
 
-// closeIdleOf closes the new and idle connections to ep, which the worker
-// leaves (retiring those the hub may be sending a job on); the hook closes
-// busy ones when their job ends.
-func (t *connTracker) closeIdleOf(ep *endpoint) {
+// retireIdle retires the new and idle connections to ep, or all of them if
+// ep is nil: those the hub may be sending a job on read on for
+// their grace, the others close (see hubConn.retire). The hook closes busy
+// ones when their job ends.
+func (t *connTracker) retireIdle(ep *endpoint) {
 	var idle []net.Conn
 	t.mu.Lock()
 	for c, s := range t.conns {
-		if hc, ok := c.(*hubConn); ok && hc.ep == ep && (s == http.StateNew || s == http.StateIdle) {
+		if s != http.StateNew && s != http.StateIdle {
+			continue
+		}
+		if hc, ok := c.(*hubConn); ep == nil || ok && hc.ep == ep {
 			idle = append(idle, c)
 		}
 	}
@@ -514,22 +518,6 @@ func (t *connTracker) setDraining() {
 	t.mu.Lock()
 	t.draining = true
 	t.mu.Unlock()
-}
-
-// closeIdle closes every connection that is new or idle, retiring those
-// the hub may be sending a job on.
-func (t *connTracker) closeIdle() {
-	var idle []net.Conn
-	t.mu.Lock()
-	for c, s := range t.conns {
-		if s == http.StateNew || s == http.StateIdle {
-			idle = append(idle, c)
-		}
-	}
-	t.mu.Unlock()
-	for _, c := range idle {
-		retire(c)
-	}
 }
 
 // retire retires c if it is a connection to a hub, and closes it if not.
